@@ -1,0 +1,145 @@
+"""The adapter protocol every framework module implements, and the shared boundary checks."""
+from __future__ import annotations
+
+import abc
+import importlib.metadata
+from typing import Any, Mapping
+
+import numpy as np
+
+from .spec import DTYPES, LayerSpec, SpecError, Weights, check_weights, numpy_dtype
+
+DEVICES = ("cpu", "gpu")
+
+
+def package_version(distribution: str) -> str | None:
+    """Installed version without importing the package (fast, and safe when it is broken)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def canonical(array: Any, dtype: str) -> np.ndarray:
+    """A NumPy array in the dtype under test (bfloat16 through ml_dtypes)."""
+    return np.asarray(array).astype(numpy_dtype(dtype))
+
+
+class Layer(abc.ABC):
+    """A live framework layer built from canonical weights; speaks canonical NumPy only."""
+
+    def __init__(self, adapter: "Adapter", spec: LayerSpec, dtype: str, device: str, native: Any):
+        self.adapter, self.spec, self.dtype, self.device, self.native = adapter, spec, dtype, device, native
+
+    @property
+    def name(self) -> str:
+        """Variant name, ``<framework>.<Class>``."""
+        return f"{self.adapter.name}.{self.adapter.class_name(self.spec)}"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Output for a canonical (channels-last) input, as a canonical array in the layer's dtype."""
+        self.spec.check_input(x.shape)
+        return self._forward(canonical(x, self.dtype))
+
+    def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
+        """Gradients of <cotangent, forward(x)> w.r.t. the input and the weights, canonical layout."""
+        self.spec.check_input(x.shape)
+        return self._vjp(canonical(x, self.dtype), canonical(cotangent, self.dtype))
+
+    def param_count(self) -> int:
+        return sum(int(v.size) for v in self.weights().values())
+
+    @abc.abstractmethod
+    def _forward(self, x: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]: ...
+
+    @abc.abstractmethod
+    def weights(self) -> Weights:
+        """The layer's current weights in canonical layout and the layer's dtype."""
+
+    def __repr__(self) -> str:
+        return f"<{self.name} {self.spec.describe()} {self.dtype} on {self.device}>"
+
+
+class Adapter(abc.ABC):
+    """One framework (or one Flax API). Subclasses fill in the underscore methods."""
+
+    name: str = ""
+    distributions: tuple[str, ...] = ()
+    classes: Mapping[tuple[str, int], str] = {}  # (kind, rank) -> framework class name
+
+    def available(self) -> str | None:
+        """None when importable, else the reason (names the framework and the install command)."""
+        return None
+
+    def versions(self) -> dict[str, str | None]:
+        return {dist: package_version(dist) for dist in self.distributions}
+
+    def class_name(self, spec: LayerSpec) -> str:
+        return self.classes[(spec.kind, spec.rank)]
+
+    def devices(self) -> list[str]:
+        """Canonical device names this framework can run on here ("cpu", "gpu")."""
+        return ["cpu"]
+
+    def supports(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
+        """None if this framework can run the layer, else the reason (reported as the skip reason)."""
+        reason = self.available()
+        if reason:
+            return reason
+        if dtype not in DTYPES:
+            return f"unknown dtype {dtype!r}"
+        if device not in self.devices():
+            return f"{self.name} sees no {device} device here"
+        if (spec.kind, spec.rank) not in self.classes:
+            return f"{self.name} has no layer for {spec.describe()}"
+        return self._supports(spec, dtype, device)
+
+    def _supports(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
+        return None
+
+    def build(self, spec: LayerSpec, weights: Mapping[str, np.ndarray], dtype: str = "float32",
+              device: str = "cpu") -> Layer:
+        """A layer with exactly these canonical weights (rounded to `dtype`)."""
+        spec.validate()
+        check_weights(spec, weights)
+        reason = self.supports(spec, dtype, device)
+        if reason:
+            raise SpecError(f"{self.name} cannot build {spec.describe()} in {dtype} on {device}: {reason}")
+        return self._build(spec, {k: canonical(v, dtype) for k, v in weights.items() if v is not None},
+                           dtype, device)
+
+    @abc.abstractmethod
+    def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer: ...
+
+    @abc.abstractmethod
+    def default_weights(self, spec: LayerSpec, seed: int) -> Weights:
+        """Weights from the framework's own default initializers, canonical layout, float32."""
+
+    def environment(self) -> dict[str, Any]:
+        """Devices and numeric-mode flags, for the report's fingerprint (imports the framework)."""
+        return {"devices": self.devices(), "numeric_modes": {}}
+
+
+class UnavailableAdapter(Adapter):
+    """Stands in for a framework that cannot be imported; every check with it skips with the reason."""
+
+    def __init__(self, name: str, reason: str, classes: Mapping[tuple[str, int], str]):
+        self.name, self._reason, self.classes = name, reason, classes
+
+    def available(self) -> str | None:
+        return self._reason
+
+    def devices(self) -> list[str]:
+        return []
+
+    def _build(self, spec, weights, dtype, device):  # pragma: no cover - supports() refuses first
+        raise SpecError(self._reason)
+
+    def default_weights(self, spec, seed):
+        raise SpecError(self._reason)
+
+    def environment(self) -> dict[str, Any]:
+        return {"devices": [], "numeric_modes": {}, "unavailable": self._reason}

@@ -1,0 +1,159 @@
+"""Flax: linen `Dense`/`Conv` and nnx `Linear`/`Conv` (channels-last, canonical kernel layouts).
+
+Two adapters share this module: "flax.linen" and "flax.nnx".
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Adapter, Layer, canonical
+from .spec import LayerSpec, Weights
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)  # else float64 silently runs as float32
+
+import jax.numpy as jnp  # noqa: E402
+from flax import linen, nnx  # noqa: E402
+
+_DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
+
+
+def _layout(array: Any, what: str, spec: LayerSpec, to_flax: bool) -> Any:
+    """Flax layouts are the canonical ones: nothing to convert for activations, kernels or biases."""
+    return array
+
+
+def _device(device: str) -> Any:
+    return jax.devices("gpu" if device == "gpu" else "cpu")[0]
+
+
+def _array(array: np.ndarray, dtype: str, device: str) -> Any:
+    return jax.device_put(jnp.asarray(array, dtype=_DTYPES[dtype]), _device(device))
+
+
+def _numpy(array: Any, dtype: str) -> np.ndarray:
+    return canonical(np.asarray(jnp.asarray(array, jnp.float64)), dtype)
+
+
+def _padding(spec: LayerSpec) -> Any:
+    if spec.padding in ("same", "valid"):
+        return spec.padding.upper()
+    return [tuple(pair) for pair in spec.padding]
+
+
+def _gpu_devices() -> list[Any]:
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:  # no GPU backend in this jaxlib
+        return []
+
+
+class _FlaxAdapter(Adapter):
+    distributions = ("flax", "jax", "jaxlib")
+
+    def devices(self) -> list[str]:
+        return ["cpu", "gpu"] if _gpu_devices() else ["cpu"]
+
+    def environment(self) -> dict[str, Any]:
+        devices = [str(d) for d in jax.devices("cpu")] + [str(d) for d in _gpu_devices()]
+        modes = {"jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+                 "jax_enable_x64": bool(jax.config.jax_enable_x64)}
+        return {"devices": devices, "numeric_modes": modes}
+
+
+class LinenLayer(Layer):
+    def _apply(self, x: Any, params: dict[str, Any]) -> Any:
+        return self.native.apply({"params": params}, x)
+
+    def _params(self) -> dict[str, Any]:
+        return self._params_dict
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        y = self._apply(_array(_layout(x, "x", self.spec, True), self.dtype, self.device), self._params_dict)
+        return _numpy(_layout(y, "x", self.spec, False), self.dtype)
+
+    def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
+        _, pullback = jax.vjp(self._apply, _array(x, self.dtype, self.device), self._params_dict)
+        dx, dparams = pullback(_array(cotangent, self.dtype, self.device))
+        return _numpy(dx, self.dtype), {k: _numpy(v, self.dtype) for k, v in dparams.items()}
+
+    def weights(self) -> Weights:
+        return {k: _numpy(_layout(v, k, self.spec, False), self.dtype) for k, v in self._params_dict.items()}
+
+
+class LinenAdapter(_FlaxAdapter):
+    name = "flax.linen"
+    classes = {("dense", 0): "Dense", ("conv", 1): "Conv", ("conv", 2): "Conv"}
+
+    def _module(self, spec: LayerSpec, dtype: str) -> linen.Module:
+        kw = dict(use_bias=spec.bias, dtype=_DTYPES[dtype], param_dtype=_DTYPES[dtype])
+        if spec.kind == "dense":
+            return linen.Dense(spec.out_features, **kw)
+        return linen.Conv(spec.out_features, spec.kernel_size, strides=spec.strides, padding=_padding(spec),
+                          kernel_dilation=spec.dilation, feature_group_count=spec.groups, **kw)
+
+    def _wrap(self, spec: LayerSpec, dtype: str, device: str, params: dict[str, Any]) -> LinenLayer:
+        layer = LinenLayer(self, spec, dtype, device, self._module(spec, dtype))
+        layer._params_dict = params
+        return layer
+
+    def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
+        params = {k: _array(_layout(v, k, spec, True), dtype, device) for k, v in weights.items()}
+        return self._wrap(spec, dtype, device, params)
+
+    def default_weights(self, spec: LayerSpec, seed: int) -> Weights:
+        shape = (1, spec.in_features) if spec.kind == "dense" else (1, *(k for k in spec.kernel_size), spec.in_features)
+        params = self._module(spec, "float32").init(jax.random.key(seed), jnp.zeros(shape, jnp.float32))["params"]
+        return self._wrap(spec, "float32", "cpu", dict(params)).weights()
+
+
+class NnxLayer(Layer):
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        y = self.native(_array(_layout(x, "x", self.spec, True), self.dtype, self.device))
+        return _numpy(_layout(y, "x", self.spec, False), self.dtype)
+
+    def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
+        graphdef, params = nnx.split(self.native, nnx.Param)
+
+        def run(inputs: Any, state: Any) -> Any:
+            return nnx.merge(graphdef, state)(inputs)
+
+        _, pullback = jax.vjp(run, _array(x, self.dtype, self.device), params)
+        dx, dstate = pullback(_array(cotangent, self.dtype, self.device))
+        grads = {k: _numpy(_layout(dstate[k].get_value(), k, self.spec, False), self.dtype) for k in self._names()}
+        return _numpy(dx, self.dtype), grads
+
+    def _names(self) -> list[str]:
+        return ["kernel", "bias"] if self.spec.bias else ["kernel"]
+
+    def weights(self) -> Weights:
+        return {k: _numpy(_layout(getattr(self.native, k).get_value(), k, self.spec, False), self.dtype)
+                for k in self._names()}
+
+
+class NnxAdapter(_FlaxAdapter):
+    name = "flax.nnx"
+    classes = {("dense", 0): "Linear", ("conv", 1): "Conv", ("conv", 2): "Conv"}
+
+    def _module(self, spec: LayerSpec, dtype: str, seed: int) -> nnx.Module:
+        kw = dict(use_bias=spec.bias, dtype=_DTYPES[dtype], param_dtype=_DTYPES[dtype], rngs=nnx.Rngs(seed))
+        if spec.kind == "dense":
+            return nnx.Linear(spec.in_features, spec.out_features, **kw)
+        return nnx.Conv(spec.in_features, spec.out_features, spec.kernel_size, strides=spec.strides,
+                        padding=_padding(spec), kernel_dilation=spec.dilation, feature_group_count=spec.groups, **kw)
+
+    def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
+        module = self._module(spec, dtype, 0)
+        for name, value in weights.items():
+            getattr(module, name).set_value(_array(_layout(value, name, spec, True), dtype, device))
+        return NnxLayer(self, spec, dtype, device, module)
+
+    def default_weights(self, spec: LayerSpec, seed: int) -> Weights:
+        return NnxLayer(self, spec, "float32", "cpu", self._module(spec, "float32", seed)).weights()
+
+
+LINEN = LinenAdapter()
+NNX = NnxAdapter()

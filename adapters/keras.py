@@ -1,0 +1,193 @@
+"""Keras 3: Dense, Conv1D, Conv2D on whatever KERAS_BACKEND is set (tensorflow by default).
+
+Keras already stores kernels in the canonical layout ((in, out) and (*spatial, in/groups, out))
+and takes channels-last activations, so `_layout` is the identity; it stays the one place to change.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter; errors still raise
+
+import numpy as np
+
+from .base import Adapter, Layer, canonical
+from .spec import LayerSpec, Weights
+
+import keras  # noqa: E402  (after the logging switch above)
+
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # retracing notices for every new shape drown the test output
+if BACKEND == "jax":
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # else float64 silently runs as float32
+
+
+def _layout(array: Any, what: str, spec: LayerSpec, to_keras: bool) -> Any:
+    """Keras layouts are the canonical ones: nothing to convert for activations, kernels or biases."""
+    return array
+
+
+def _to_tensor(array: np.ndarray, dtype: str) -> Any:
+    host = array.astype(np.float64 if dtype == "float64" else np.float32)  # exact for every dtype tested
+    return keras.ops.cast(keras.ops.convert_to_tensor(host), dtype)
+
+
+def _to_numpy(tensor: Any, dtype: str) -> np.ndarray:
+    return canonical(keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float64")), dtype)
+
+
+def _keras_device(device: str) -> str:
+    return "gpu:0" if device == "gpu" else "cpu:0"
+
+
+class KerasLayer(Layer):
+    def _call(self, x: Any) -> Any:
+        spec = self.spec
+        if spec.kind == "conv" and spec.padding != "same":
+            pairs = spec.explicit_padding(tuple(x.shape[1:-1]))
+            if any(lo or hi for lo, hi in pairs):
+                x = keras.ops.pad(x, [(0, 0), *pairs, (0, 0)])
+        return self.native(x)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        with keras.device(_keras_device(self.device)):
+            y = self._call(_to_tensor(_layout(x, "x", self.spec, True), self.dtype))
+        return _to_numpy(_layout(y, "x", self.spec, False), self.dtype)
+
+    def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
+        with keras.device(_keras_device(self.device)):
+            xt = _to_tensor(x, self.dtype)
+            ct = _to_tensor(cotangent, self.dtype)
+            dx, dvars = _BACKEND_VJP[BACKEND](self, xt, ct)
+        names = ["kernel", "bias"] if self.spec.bias else ["kernel"]
+        grads = {n: _to_numpy(_layout(g, n, self.spec, False), self.dtype) for n, g in zip(names, dvars)}
+        return _to_numpy(dx, self.dtype), grads
+
+    def weights(self) -> Weights:
+        out = {"kernel": _to_numpy(_layout(self.native.kernel, "kernel", self.spec, False), self.dtype)}
+        if self.spec.bias:
+            out["bias"] = _to_numpy(self.native.bias, self.dtype)
+        return out
+
+
+def _vjp_tensorflow(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:
+    import tensorflow as tf
+
+    variables = [v.value for v in layer.native.trainable_variables]
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer._call(x)
+    dx, *dvars = tape.gradient(y, [x, *variables], output_gradients=cotangent)
+    return dx, dvars
+
+
+def _vjp_jax(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:
+    trainable = [v.value for v in layer.native.trainable_variables]
+    non_trainable = [v.value for v in layer.native.non_trainable_variables]
+
+    def run(inputs: Any, params: list[Any]) -> Any:
+        stateless = _StatelessCall(layer, params, non_trainable)
+        return stateless(inputs)
+
+    _, pullback = jax.vjp(run, x, trainable)
+    dx, dvars = pullback(cotangent)
+    return dx, list(dvars)
+
+
+class _StatelessCall:
+    """Calls the Keras layer with the given variable values (Keras' functional API for JAX)."""
+
+    def __init__(self, layer: KerasLayer, trainable: list[Any], non_trainable: list[Any]):
+        self.layer, self.trainable, self.non_trainable = layer, trainable, non_trainable
+
+    def __call__(self, x: Any) -> Any:
+        native = self.layer.native
+        with keras.StatelessScope(state_mapping=list(zip(native.trainable_variables, self.trainable))):
+            return self.layer._call(x)
+
+
+def _vjp_torch(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:
+    params = [v.value for v in layer.native.trainable_variables]
+    for p in params:
+        p.grad = None
+    x = x.detach().requires_grad_(True)
+    y = layer._call(x)
+    y.backward(cotangent)
+    return x.grad, [p.grad for p in params]
+
+
+_BACKEND_VJP = {"tensorflow": _vjp_tensorflow, "jax": _vjp_jax, "torch": _vjp_torch}
+
+
+class KerasAdapter(Adapter):
+    name = "keras"
+    distributions = ("keras",)
+    classes = {("dense", 0): "Dense", ("conv", 1): "Conv1D", ("conv", 2): "Conv2D"}
+
+    def versions(self) -> dict[str, str | None]:
+        versions = super().versions()
+        backend_dist = {"tensorflow": "tensorflow-cpu", "jax": "jax", "torch": "torch"}[BACKEND]
+        from .base import package_version
+
+        versions[BACKEND] = package_version(backend_dist) or package_version(BACKEND)
+        return versions
+
+    def devices(self) -> list[str]:
+        try:
+            gpus = keras.distribution.list_devices("gpu")
+        except Exception:  # a backend without GPU support raises instead of returning []
+            gpus = []
+        return ["cpu", "gpu"] if gpus else ["cpu"]
+
+    def _supports(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
+        if spec.kind == "conv" and max(spec.strides) > 1 and max(spec.dilation) > 1:
+            return "Keras refuses strides > 1 together with dilation_rate > 1"
+        return None
+
+    def _layer(self, spec: LayerSpec, dtype: str, **init: Any) -> Any:
+        if spec.kind == "dense":
+            return keras.layers.Dense(spec.out_features, use_bias=spec.bias, dtype=dtype, **init)
+        cls = keras.layers.Conv1D if spec.rank == 1 else keras.layers.Conv2D
+        return cls(spec.out_features, spec.kernel_size, strides=spec.strides,
+                   padding="same" if spec.padding == "same" else "valid",
+                   dilation_rate=spec.dilation, groups=spec.groups, use_bias=spec.bias, dtype=dtype, **init)
+
+    @staticmethod
+    def _input_shape(spec: LayerSpec) -> tuple[Any, ...]:
+        return (None, spec.in_features) if spec.kind == "dense" else (None, *([None] * spec.rank), spec.in_features)
+
+    def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
+        with keras.device(_keras_device(device)):
+            layer = self._layer(spec, dtype)
+            layer.build(self._input_shape(spec))
+            layer.kernel.assign(_to_tensor(_layout(weights["kernel"], "kernel", spec, True), dtype))
+            if spec.bias:
+                layer.bias.assign(_to_tensor(weights["bias"], dtype))
+        return KerasLayer(self, spec, dtype, device, layer)
+
+    def default_weights(self, spec: LayerSpec, seed: int) -> Weights:
+        keras.utils.set_random_seed(seed)
+        layer = self._layer(spec, "float32")
+        layer.build(self._input_shape(spec))
+        return KerasLayer(self, spec, "float32", "cpu", layer).weights()
+
+    def environment(self) -> dict[str, Any]:
+        modes: dict[str, Any] = {"keras.backend": BACKEND, "keras.floatx": keras.config.floatx(),
+                                 "keras.dtype_policy": keras.config.dtype_policy().name}
+        if BACKEND == "tensorflow":
+            import tensorflow as tf
+
+            modes["tf.config.tensor_float_32_execution"] = tf.config.experimental.tensor_float_32_execution_enabled()
+            modes["TF_ENABLE_ONEDNN_OPTS"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TF default: on for CPU)")
+        elif BACKEND == "jax":
+            modes["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+        return {"devices": self.devices(), "numeric_modes": modes}
+
+
+ADAPTER = KerasAdapter()

@@ -1,0 +1,129 @@
+"""PyTorch: nn.Linear, nn.Conv1d, nn.Conv2d (channels-first, kernel (out, in/groups, *spatial))."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Adapter, Layer, canonical
+from .spec import LayerSpec, Weights
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
+
+
+def _layout(array: Any, what: str, spec: LayerSpec, to_torch: bool) -> Any:
+    """The one place that converts between canonical (channels-last) and PyTorch layouts.
+
+    what: "x" (activations), "kernel" or "bias". Dense tensors share the canonical layout except the
+    kernel, stored (out, in) by nn.Linear.
+    """
+    if what == "bias":
+        return array
+    if spec.kind == "dense":
+        return array.T if what == "kernel" else array
+    r = spec.rank
+    if what == "kernel":  # canonical (*k, in/g, out) <-> torch (out, in/g, *k)
+        order = (r + 1, r, *range(r)) if to_torch else (*range(2, r + 2), 1, 0)
+    else:  # canonical (N, *s, C) <-> torch (N, C, *s)
+        order = (0, r + 1, *range(1, r + 1)) if to_torch else (0, *range(2, r + 2), 1)
+    return array.permute(*order) if isinstance(array, torch.Tensor) else np.transpose(array, order)
+
+
+def _tensor(array: np.ndarray, dtype: str, device: str) -> torch.Tensor:
+    # torch.from_numpy has no bfloat16: go through float32, which holds every bfloat16 value exactly.
+    host = torch.from_numpy(np.ascontiguousarray(array.astype(np.float64 if dtype == "float64" else np.float32)))
+    return host.to(device=_DEVICES[device], dtype=_DTYPES[dtype])
+
+
+def _numpy(tensor: torch.Tensor, dtype: str) -> np.ndarray:
+    return canonical(tensor.detach().to("cpu", torch.float64).numpy(), dtype)
+
+
+def _module_padding(spec: LayerSpec) -> Any:
+    """Padding the torch module takes itself; the rest is applied by F.pad in TorchLayer._pad."""
+    if spec.padding == "same" and all(s == 1 for s in spec.strides):
+        return "same"
+    if spec.padding == "valid":
+        return 0
+    if isinstance(spec.padding, tuple) and all(lo == hi for lo, hi in spec.padding):
+        return tuple(lo for lo, _ in spec.padding)
+    return 0  # asymmetric pairs, or `same` with strides > 1, which torch refuses
+
+
+class TorchLayer(Layer):
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        if spec.kind == "dense" or self.native.padding != (0,) * spec.rank:
+            return x
+        pairs = spec.explicit_padding(x.shape[2:])
+        flat = [p for lo_hi in reversed(pairs) for p in lo_hi]  # F.pad wants the last axis first
+        return F.pad(x, flat) if any(flat) else x
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.native(self._pad(_layout(x, "x", self.spec, True)))
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            y = self._run(_tensor(x, self.dtype, self.device))
+        return _numpy(_layout(y, "x", self.spec, False), self.dtype)
+
+    def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
+        self.native.zero_grad(set_to_none=True)
+        xt = _tensor(x, self.dtype, self.device).requires_grad_(True)
+        y = self._run(xt)
+        y.backward(_layout(_tensor(cotangent, self.dtype, self.device), "x", self.spec, True))
+        grads = {"kernel": _numpy(_layout(self.native.weight.grad, "kernel", self.spec, False), self.dtype)}
+        if self.spec.bias:
+            grads["bias"] = _numpy(self.native.bias.grad, self.dtype)
+        return _numpy(xt.grad, self.dtype), grads
+
+    def weights(self) -> Weights:
+        out = {"kernel": _numpy(_layout(self.native.weight, "kernel", self.spec, False), self.dtype)}
+        if self.spec.bias:
+            out["bias"] = _numpy(self.native.bias, self.dtype)
+        return out
+
+
+class TorchAdapter(Adapter):
+    name = "torch"
+    distributions = ("torch",)
+    classes = {("dense", 0): "Linear", ("conv", 1): "Conv1d", ("conv", 2): "Conv2d"}
+
+    def devices(self) -> list[str]:
+        return ["cpu", "gpu"] if torch.cuda.is_available() else ["cpu"]
+
+    def _module(self, spec: LayerSpec) -> torch.nn.Module:
+        if spec.kind == "dense":
+            return torch.nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
+        cls = torch.nn.Conv1d if spec.rank == 1 else torch.nn.Conv2d
+        return cls(spec.in_features, spec.out_features, spec.kernel_size, stride=spec.strides,
+                   padding=_module_padding(spec), dilation=spec.dilation, groups=spec.groups, bias=spec.bias)
+
+    def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
+        module = self._module(spec).to(device=_DEVICES[device], dtype=_DTYPES[dtype])
+        with torch.no_grad():
+            module.weight.copy_(_layout(_tensor(weights["kernel"], dtype, device), "kernel", spec, True))
+            if spec.bias:
+                module.bias.copy_(_tensor(weights["bias"], dtype, device))
+        return TorchLayer(self, spec, dtype, device, module)
+
+    def default_weights(self, spec: LayerSpec, seed: int) -> Weights:
+        torch.manual_seed(seed)
+        return TorchLayer(self, spec, "float32", "cpu", self._module(spec)).weights()
+
+    def environment(self) -> dict[str, Any]:
+        modes = {
+            "torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "torch.backends.cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "torch.float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "torch.num_threads": torch.get_num_threads(),
+            "torch.mkldnn": torch.backends.mkldnn.is_available(),
+        }
+        devices = ["cpu"] + [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+        return {"devices": devices, "numeric_modes": modes}
+
+
+ADAPTER = TorchAdapter()

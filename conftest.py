@@ -1,0 +1,63 @@
+"""Registers the report plugin, the suite options, markers and the hypothesis profiles (one place)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything can import TensorFlow
+
+import pytest
+from hypothesis import HealthCheck, Verbosity, settings
+
+pytest_plugins = ["reports.plugin"]
+
+_COMMON = dict(
+    deadline=None,  # first calls compile kernels (XLA, oneDNN): wall-clock deadlines would be noise
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", max_examples=20, **_COMMON)
+settings.register_profile("ci", max_examples=50, derandomize=True, **_COMMON)
+settings.register_profile("thorough", max_examples=500, **_COMMON)
+settings.register_profile("debug", max_examples=10, verbosity=Verbosity.verbose, **_COMMON)
+PROFILES = ("dev", "ci", "thorough", "debug")
+DEFAULT_PROFILE = os.environ.get("CONFORMANCE_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+if DEFAULT_PROFILE not in PROFILES:
+    raise pytest.UsageError(f"CONFORMANCE_PROFILE={DEFAULT_PROFILE!r} is not a profile; use one of {', '.join(PROFILES)}")
+settings.load_profile(DEFAULT_PROFILE)  # --hypothesis-profile on the command line still wins
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "layer-conformance reports")
+    group.addoption("--conformance-frameworks", default="torch,keras,flax.linen,flax.nnx", type=_csv,
+                    metavar="LIST", help="frameworks whose variants run (default: all four)")
+    group.addoption("--conformance-dtypes", default="float64,float32,float16,bfloat16", type=_csv, metavar="LIST",
+                    help="dtypes to check (default: float64,float32,float16,bfloat16)")
+    group.addoption("--conformance-devices", default="cpu,gpu", type=_csv, metavar="LIST",
+                    help="devices to check; one no framework sees is skipped with the reason (default: cpu,gpu)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from adapters import FRAMEWORKS
+    from adapters.base import DEVICES
+    from adapters.spec import DTYPES
+
+    for option, known in (("frameworks", FRAMEWORKS), ("dtypes", DTYPES), ("devices", DEVICES)):
+        unknown = set(config.getoption(f"--conformance-{option}")) - set(known)
+        if unknown:
+            raise pytest.UsageError(f"--conformance-{option}: unknown {', '.join(sorted(unknown))}; "
+                                    f"choose from {', '.join(known)}")
+    config.addinivalue_line("markers", "conformance: a conformance check of the claim catalog (suites/)")
+    config.addinivalue_line("markers", "selftest: a self-test of the harness (tests/)")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    profile = settings._current_profile  # the profile in force after --hypothesis-profile
+    return [f"layer-conformance: hypothesis profile {profile!r} ({settings().max_examples} examples per test), "
+            f"frameworks={','.join(config.getoption('--conformance-frameworks'))}, "
+            f"dtypes={','.join(config.getoption('--conformance-dtypes'))}, "
+            f"devices={','.join(config.getoption('--conformance-devices'))}, "
+            f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND', 'tensorflow (default)')}"]

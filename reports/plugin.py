@@ -1,0 +1,212 @@
+"""pytest plugin: records one result row per conformance test and writes report.json.
+
+Suites fill a plain dict from the `conformance_record` fixture; it rides on
+`item.user_properties`, so it reaches the controller under pytest-xdist too. The plugin
+never imports a framework: the suites hand it numbers and environment facts.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from reports.schema import SCHEMA, summarize, write_json_atomic
+from reports.table import format_table
+
+RECORD = "conformance"
+REPORT_OPTION = "--conformance-report"
+_PLUGIN_KEY = pytest.StashKey["ConformancePlugin"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "layer-conformance reports")
+    group.addoption(REPORT_OPTION, metavar="PATH", default=None,
+                    help="write the conformance report (JSON, schema layer-conformance/report/v1) to PATH")
+    group.addoption("--conformance-table", action="store_true", default=False,
+                    help="print the per-claim result table at the end of the run")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    plugin = ConformancePlugin(config)
+    config.stash[_PLUGIN_KEY] = plugin
+    config.pluginmanager.register(plugin, "conformance-report")
+
+
+def base_environment() -> dict[str, Any]:
+    """What is known without importing a framework: Python, platform, CPU, installed versions."""
+    from adapters.base import package_version
+
+    frameworks = {name: package_version(name) for name in
+                  ("torch", "tensorflow-cpu", "tensorflow", "keras", "jax", "jaxlib", "flax", "numpy", "ml-dtypes")}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "frameworks": {k: v for k, v in frameworks.items() if v or k in ("torch", "keras", "jax", "flax")},
+        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "devices": {},
+        "numeric_modes": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def record_environment(config: pytest.Config, framework: str, info: dict[str, Any]) -> None:
+    """Suites call this once per framework they used: devices and numeric modes in force."""
+    plugin = config.stash.get(_PLUGIN_KEY, None)
+    if plugin is not None:
+        plugin.add_environment(framework, info)
+
+
+@pytest.fixture
+def conformance_record(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A dict the test fills; it becomes this test's row in report.json."""
+    record: dict[str, Any] = {}
+    request.node.user_properties.append((RECORD, record))
+    return record
+
+
+def _record_of(properties: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    return next((value for name, value in properties if name == RECORD), None)
+
+
+class ConformancePlugin:
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.path = config.getoption(REPORT_OPTION)
+        self.results: dict[str, dict[str, Any]] = {}
+        self.environment = base_environment()
+        self.interrupted = False
+        self.is_worker = hasattr(config, "workerinput")
+
+    def add_environment(self, framework: str, info: dict[str, Any]) -> None:
+        self.environment["devices"][framework] = info.get("devices", [])
+        for name, value in info.get("numeric_modes", {}).items():
+            self.environment["numeric_modes"][name] = value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+        if self.is_worker:
+            self.config.workeroutput["conformance_environment"] = self.environment  # type: ignore[attr-defined]
+
+    # ---- collecting ----------------------------------------------------------------------------
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+        outcome = yield
+        record = _record_of(item.user_properties)
+        report = outcome.get_result()
+        if record is not None and call.excinfo is not None and report.failed and not record.get("reason"):
+            record["reason"] = _first_lines(call.excinfo.exconly())
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = _record_of(report.user_properties)
+        if record is None:
+            return
+        if report.when == "call" or report.outcome != "passed":
+            row = self.results.setdefault(report.nodeid, {})
+            status = _status(report)
+            if row.get("status") in ("failed", "error") and report.when == "teardown" and status == "passed":
+                return
+            row.update(record)
+            row.update({"nodeid": report.nodeid, "status": status})
+            if report.skipped:
+                row["reason"] = _skip_reason(report)
+            elif report.failed and not row.get("reason"):
+                row["reason"] = _first_lines(report.longreprtext)
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist controller: take the environment facts a worker gathered."""
+        env = getattr(node, "workeroutput", {}).get("conformance_environment")
+        if env:
+            self.environment["devices"].update(env.get("devices", {}))
+            self.environment["numeric_modes"].update(env.get("numeric_modes", {}))
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self.interrupted = True
+
+    # ---- writing -------------------------------------------------------------------------------
+    def report(self, complete: bool) -> dict[str, Any]:
+        results = [_ordered(row) for row in self.results.values()]
+        return {
+            "schema": SCHEMA,
+            "complete": complete,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["pytest", *self.config.invocation_params.args]),
+            "environment": self.environment,
+            "claims": _claims(results),
+            "summary": summarize(results),
+            "results": results,
+        }
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker or not self.path:
+            return
+        complete = not self.interrupted and exitstatus not in (pytest.ExitCode.INTERRUPTED,
+                                                              pytest.ExitCode.INTERNAL_ERROR)
+        write_json_atomic(self.path, self.report(complete))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.is_worker or not self.results:
+            return
+        if self.config.getoption("--conformance-table"):
+            terminalreporter.write_sep("=", "conformance results")
+            terminalreporter.write_line(format_table(list(self.results.values())))
+        summary = summarize(list(self.results.values()))
+        where = f"; report: {self.path}" if self.path else ""
+        terminalreporter.write_line(
+            "conformance: " + ", ".join(f"{v} {k}" for k, v in summary.items() if v) + where)
+
+
+_ORDER = ("nodeid", "claim", "title", "relation", "check", "variants", "skipped_variants", "keras_backend", "dtype",
+          "device", "status", "examples", "max_abs_error", "max_bound_ratio", "reason")
+
+
+def _ordered(row: dict[str, Any]) -> dict[str, Any]:
+    base = {key: row.get(key) for key in _ORDER}
+    base.update({k: v for k, v in row.items() if k not in base})
+    base.setdefault("variants", [])
+    return base
+
+
+def _claims(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    claims: dict[str, dict[str, Any]] = {}
+    for row in results:
+        entry = claims.setdefault(row["claim"], {"title": row.get("title"), "relation": row.get("relation"),
+                                                 "source": row.get("source"), "variants": []})
+        for name in row.get("variants") or []:
+            if name not in entry["variants"]:
+                entry["variants"].append(name)
+    return claims
+
+
+def _status(report: pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "failed"
+    if report.skipped:
+        return "skipped"
+    if report.failed:
+        return "failed" if report.when == "call" else "error"
+    return "passed"
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _first_lines(text: str, limit: int = 2000) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + " ..."

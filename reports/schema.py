@@ -1,0 +1,112 @@
+"""The report.json contract: schema id, loading with clear errors, atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "layer-conformance/report/v1"
+SCHEMA_PREFIX = "layer-conformance/report/v"
+SCHEMA_VERSION = 1
+
+STATUSES = ("passed", "failed", "skipped", "error", "xfailed")
+RELATIONS = ("equal", "differ")
+RESULT_KEYS = (
+    "nodeid", "claim", "relation", "check", "variants", "dtype", "device",
+    "status", "examples", "max_abs_error", "max_bound_ratio", "reason",
+)
+
+
+class ReportError(Exception):
+    """A report file that cannot be used; the message names the file, the problem and the fix."""
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts per status, always with passed/failed/skipped/error present."""
+    summary = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    for result in results:
+        summary[result["status"]] = summary.get(result["status"], 0) + 1
+    return summary
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Write JSON through a temporary file in the same folder and rename it into place.
+
+    A reader never sees a half-written file: either the old one or the new one.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1, sort_keys=False, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def validate_report(report: Any, source: str = "report") -> dict[str, Any]:
+    """Check the shape of a loaded report; raise ReportError naming the first problem."""
+    if not isinstance(report, dict):
+        raise ReportError(f"{source}: expected a JSON object at the top level, found {type(report).__name__}; "
+                          f"pass a report.json written by `conformance run`")
+    schema = report.get("schema")
+    if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
+        raise ReportError(f"{source}: not a layer-conformance report (schema={schema!r}); "
+                          f"expected schema {SCHEMA!r}")
+    try:
+        version = int(schema[len(SCHEMA_PREFIX):])
+    except ValueError:
+        raise ReportError(f"{source}: unreadable schema version in {schema!r}; expected {SCHEMA!r}") from None
+    if version > SCHEMA_VERSION:
+        raise ReportError(f"{source}: written by a newer layer-conformance (schema {schema!r}, this one reads "
+                          f"{SCHEMA!r}); upgrade layer-conformance to read it")
+    if version < SCHEMA_VERSION:
+        raise ReportError(f"{source}: old schema {schema!r}; re-run `conformance run` to get {SCHEMA!r}")
+    results = report.get("results")
+    if not isinstance(results, list):
+        raise ReportError(f"{source}: field 'results' is missing or not a list; the file is damaged, re-run the suite")
+    for index, result in enumerate(results):
+        if not isinstance(result, dict):
+            raise ReportError(f"{source}: results[{index}] is not an object; the file is damaged, re-run the suite")
+        missing = [key for key in ("nodeid", "claim", "check", "status") if key not in result]
+        if missing:
+            raise ReportError(f"{source}: results[{index}] lacks {', '.join(missing)}; the file is damaged, "
+                              f"re-run the suite")
+        if result["status"] not in STATUSES:
+            raise ReportError(f"{source}: results[{index}] has unknown status {result['status']!r}; "
+                              f"expected one of {', '.join(STATUSES)}")
+    if not isinstance(report.get("environment", {}), dict):
+        raise ReportError(f"{source}: field 'environment' is not an object; the file is damaged, re-run the suite")
+    return report
+
+
+def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and validate a report.json; every problem becomes a ReportError with a one-line message."""
+    source = Path(path)
+    if not source.exists():
+        raise ReportError(f"{source}: no such file; pass the path of a report.json written by `conformance run`")
+    if source.is_dir():
+        hint = source / "report.json"
+        extra = f" (did you mean {hint}?)" if hint.is_file() else ""
+        raise ReportError(f"{source}: is a directory, expected a report.json file{extra}")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{source}: cannot be read ({exc.__class__.__name__}: {exc}); check the path and its "
+                          f"permissions") from None
+    if not text.strip():
+        raise ReportError(f"{source}: the file is empty; the run that wrote it did not finish, re-run the suite")
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                          f"the file is truncated or not a report, re-run the suite") from None
+    return validate_report(report, str(source))

@@ -1,0 +1,43 @@
+"""The derived error bound (DESIGN.md, "Tolerance is derived, not guessed").
+
+For a reduction of length K plus a bias, any correct implementation in a dtype with unit
+roundoff u satisfies |y - y_ref| <= gamma(K + 1, u) * m, where m = |W| * |x| + |b| is the same layer
+on absolute values (Higham, Accuracy and Stability of Numerical Algorithms, ch. 3:
+gamma(n, u) = n u / (1 - n u)). The float64 reference adds its own gamma(K + 1, 2^-53), and
+an absolute term (K + 1) * smallest-normal lets implementations flush subnormals to zero.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+SMALLEST_NORMAL = {"float64": float(np.finfo(np.float64).tiny), "float32": float(np.finfo(np.float32).tiny),
+                   "float16": float(np.finfo(np.float16).tiny), "bfloat16": float(np.finfo(np.float32).tiny)}
+ROUNDOFF_LABEL = {"float64": "2^-53", "float32": "2^-24", "float16": "2^-11", "bfloat16": "2^-8"}
+
+
+def gamma(n: int, u: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u); infinite once n u >= 1 (no bound exists)."""
+    nu = n * u
+    return nu / (1.0 - nu) if nu < 1.0 else math.inf
+
+
+def error_bound(reduction_length: int, magnitude: np.ndarray, dtype: str, u_eff: float | None = None) -> np.ndarray:
+    """Elementwise bound on |y - y_ref| for outputs with this magnitude (float64 array)."""
+    n = reduction_length + 1
+    u = UNIT_ROUNDOFF[dtype] if u_eff is None else u_eff
+    coefficient = gamma(n, u) + gamma(n, UNIT_ROUNDOFF["float64"])
+    return coefficient * np.asarray(magnitude, dtype=np.float64) + n * SMALLEST_NORMAL[dtype]
+
+
+def bound_ratio(y: np.ndarray, y_ref: np.ndarray, bound: np.ndarray) -> tuple[float, float, tuple[int, ...]]:
+    """(max |y - y_ref|, max |y - y_ref| / bound, index of the worst ratio). Non-finite y gives inf."""
+    error = np.abs(np.asarray(y, dtype=np.float64) - np.asarray(y_ref, dtype=np.float64))
+    error = np.where(np.isfinite(error), error, np.inf)
+    ratio = error / bound
+    if ratio.size == 0:
+        return 0.0, 0.0, ()
+    worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+    return float(error.max()), float(ratio[worst]), tuple(int(i) for i in worst)

@@ -1,0 +1,282 @@
+"""The claims, as data. One row per equivalence (or documented non-equivalence).
+
+A claim relates variants: each variant is a framework layer plus how the claim's canonical input,
+weights and output map onto that layer. variants[0] defines the claim's weights (its own mapping
+is the identity) and, for `differ` rows, the computation the others are naively taken to equal.
+The catalog is validated at import: unique ids, known frameworks, and every mapping is run once
+through the float64 reference on the row's example sizes (equal rows must agree there exactly,
+differ rows must really differ).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+from hypothesis import strategies as st
+
+from adapters import FRAMEWORKS, class_name
+from adapters import reference
+from adapters.spec import DTYPES, LayerSpec, Weights
+from suites.strategies import Dims, conv_dims, dense_dims, fixed, sequence_dims
+
+
+def _same(a: Any, dims: Dims) -> Any:
+    return a
+
+
+@dataclass(frozen=True)
+class Variant:
+    framework: str
+    spec: Callable[[Dims], LayerSpec]
+    x_in: Callable[[np.ndarray, Dims], np.ndarray] = _same  # claim input -> this layer's canonical input
+    y_out: Callable[[np.ndarray, Dims], np.ndarray] = _same  # layer output -> claim output (linear, >= 0 coefficients)
+    w_map: Callable[[Weights, Dims], Weights] = _same  # claim weights -> this layer's canonical weights
+    how: str = ""  # what distinguishes this variant from others of the same class
+
+    def name(self, dims: Dims) -> str:
+        return f"{self.framework}.{class_name(self.framework, self.spec(dims))}"
+
+    def label(self, dims: Dims) -> str:
+        return f"{self.name(dims)} [{self.how}]" if self.how else self.name(dims)
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    title: str
+    relation: Literal["equal", "differ"]
+    source: str
+    dims: st.SearchStrategy[Dims]
+    input_shape: Callable[[Dims], tuple[int, ...]]
+    variants: tuple[Variant, ...]
+    example: Dims  # sizes used to validate the row at import and always tried first
+    dtypes: tuple[str, ...] = DTYPES
+    dtype_note: str = ""  # why a dtype is left out, shown as the skip reason
+    data_styles: tuple[str, ...] | None = None  # None: all; differ rows need generic (continuous) data
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- mappings shared by several rows ------------------------------------------------------------
+
+def _dense(d: Dims) -> LayerSpec:
+    return d["spec"] if "spec" in d else LayerSpec.dense(d["K"], d["N"])
+
+
+def _pointwise(rank: int) -> Callable[[Dims], LayerSpec]:
+    return lambda d: LayerSpec.conv(_dense(d).in_features, _dense(d).out_features, (1,) * rank, bias=_dense(d).bias)
+
+
+def _kernel_reshape(rank: int) -> Callable[[Weights, Dims], Weights]:
+    return lambda w, d: {**w, "kernel": w["kernel"].reshape((1,) * rank + w["kernel"].shape[-2:])}
+
+
+def _seq_shape(d: Dims) -> tuple[int, ...]:
+    return d.get("shape") or (d["B"], d["L"], d["K"])
+
+
+def _full_kernel_conv(d: Dims) -> LayerSpec:
+    return LayerSpec.conv(d["K"], d["N"], d["L"])
+
+
+def _flatten_channels_first(x: np.ndarray, d: Dims) -> np.ndarray:
+    """torch: (B, K, L).flatten(1) -> feature index k * L + l."""
+    return x.transpose(0, 2, 1).reshape(x.shape[0], -1)
+
+
+def _flatten_channels_last(x: np.ndarray, d: Dims) -> np.ndarray:
+    """Keras/Flax: (B, L, K) reshaped to (B, L * K) -> feature index l * K + k."""
+    return x.reshape(x.shape[0], -1)
+
+
+def _tied_conv(d: Dims) -> LayerSpec:
+    return LayerSpec.conv(1, d["N"], d["k"], strides=d["s"])
+
+
+def _tied_weights(w: Weights, d: Dims) -> Weights:
+    """The naive 'conversion' of Linear(L, N) into a k-tap convolution: block-mean of the rows.
+
+    Conv1d shares its k taps across positions, so it can only represent periodically tied
+    weights; this is the closest such layer, and it still is not the Linear.
+    """
+    blocks = w["kernel"].reshape(d["L"] // d["k"], d["k"], d["N"]).mean(axis=0)
+    positions = (d["L"] - d["k"]) // d["s"] + 1
+    return {"kernel": blocks.reshape(d["k"], 1, d["N"]), "bias": w["bias"] / positions}
+
+
+def _equal_dense_claim(id: str, title: str, source: str, variants: tuple[Variant, ...], example: Dims,
+                       dims: st.SearchStrategy[Dims] | None = None) -> Claim:
+    return Claim(id, title, "equal", source, sequence_dims() if dims is None else dims, _seq_shape, variants, example)
+
+
+_TORCH_FULL_KERNEL = (
+    Variant("torch", _full_kernel_conv, y_out=lambda y, d: y, how="kernel_size=L"),
+    Variant("torch", lambda d: LayerSpec.dense(d["L"] * d["K"], d["N"]),
+            x_in=_flatten_channels_first, y_out=lambda y, d: y[:, None, :],
+            w_map=lambda w, d: {**w, "kernel": w["kernel"].transpose(1, 0, 2).reshape(-1, d["N"])},
+            how="flattened (B, K*L)"),
+)
+_KERAS_FULL_KERNEL = (
+    Variant("keras", _full_kernel_conv, how="kernel_size=L"),
+    Variant("keras", lambda d: LayerSpec.dense(d["L"] * d["K"], d["N"]),
+            x_in=_flatten_channels_last, y_out=lambda y, d: y[:, None, :],
+            w_map=lambda w, d: {**w, "kernel": w["kernel"].reshape(-1, d["N"])}, how="flattened (B, L*K)"),
+)
+
+
+def _tied_claim(id: str, title: str, L: int, k: int, s: int, N: int) -> Claim:
+    return Claim(
+        id, title, "differ", "forum question: replacing a Linear layer by a Conv1d with fewer parameters",
+        fixed(L=L, k=k, s=s, N=N), lambda d: (d["B"], d["L"]),
+        (Variant("torch", lambda d: LayerSpec.dense(d["L"], d["N"])),
+         Variant("torch", _tied_conv, x_in=lambda x, d: x[:, :, None], y_out=lambda y, d: y.sum(axis=1),
+                 w_map=_tied_weights, how=f"kernel_size={k}, stride={s}, summed over positions")),
+        {"B": 2, "L": L, "k": k, "s": s, "N": N},
+        dtypes=("float64", "float32"), data_styles=("normal", "uniform"),
+        dtype_note=(f"the worst-case half-precision bound for a {L}-term sum (gamma ~ {L}*u) is wider than the "
+                    f"gap between the two computations, so no conformance check could tell them apart there"),
+    )
+
+
+CLAIMS: tuple[Claim, ...] = (
+    _equal_dense_claim(
+        "torch-linear-conv1d-k1",
+        "torch Linear(K, N) on (B, L, K) == Conv1d(K, N, kernel_size=1) on the permuted (B, K, L)",
+        "forum question: is Conv1d with kernel_size=1 the same as Linear?",
+        (Variant("torch", _dense), Variant("torch", _pointwise(1), w_map=_kernel_reshape(1))),
+        {"B": 2, "L": 5, "K": 8, "N": 32},
+        dims=dense_dims()),
+    _equal_dense_claim(
+        "torch-conv1d-conv2d-1x1",
+        "torch Conv1d(K, N, 1) == Conv2d(K, N, 1x1), with the unit spatial axis in either position",
+        "forum question: is Conv1d(k=1) the same as Conv2d(1x1)?",
+        (Variant("torch", _pointwise(1)),
+         Variant("torch", _pointwise(2), x_in=lambda x, d: x[:, None], y_out=lambda y, d: y[:, 0],
+                 w_map=_kernel_reshape(2), how="input (B, 1, L, K)"),
+         Variant("torch", _pointwise(2), x_in=lambda x, d: x[:, :, None], y_out=lambda y, d: y[:, :, 0],
+                 w_map=_kernel_reshape(2), how="input (B, L, 1, K)")),
+        {"B": 2, "L": 5, "K": 8, "N": 32}),
+    _equal_dense_claim(
+        "torch-full-kernel-conv1d-linear",
+        "torch Conv1d(K, N, kernel_size=L) on a length-L sequence == Linear(L*K, N) on the flattened input",
+        "forum question: is a full-length Conv1d the same as Linear on the flattened input?",
+        _TORCH_FULL_KERNEL, {"B": 2, "L": 6, "K": 4, "N": 8}),
+    _equal_dense_claim(
+        "torch-linear100-conv1d-k100",
+        "torch Linear(100, 1) == Conv1d(1, 1, kernel_size=100) on a length-100 signal",
+        "forum question: Linear(100, 1) versus Conv1d(1, 1, kernel_size=100)",
+        _TORCH_FULL_KERNEL, {"B": 2, "L": 100, "K": 1, "N": 1}, dims=fixed(L=100, K=1, N=1)),
+    _equal_dense_claim(
+        "keras-dense-conv1d-methods",
+        "Keras Dense(N) on (B, L, K) == Conv1D(N, 1) on (B, L, K) (method 2) == Conv1D(N, kernel_size=K) on "
+        "(B*L, K, 1) (method 1) == Dense(N) on (B*L, K)",
+        "forum question: two ways to apply a 1-D convolution as a dense layer in Keras",
+        (Variant("keras", _dense),
+         Variant("keras", _pointwise(1), w_map=_kernel_reshape(1), how="method 2: kernel_size=1"),
+         Variant("keras", lambda d: LayerSpec.conv(1, d["N"], d["K"]),
+                 x_in=lambda x, d: x.reshape(-1, d["K"], 1), y_out=lambda y, d: y.reshape(d["B"], d["L"], d["N"]),
+                 w_map=lambda w, d: {**w, "kernel": w["kernel"].reshape(d["K"], 1, d["N"])},
+                 how="method 1: (B*L, K, 1), kernel_size=K"),
+         Variant("keras", _dense, x_in=lambda x, d: x.reshape(-1, d["K"]),
+                 y_out=lambda y, d: y.reshape(d["B"], d["L"], d["N"]), how="on (B*L, K)")),
+        {"B": 2, "L": 3, "K": 80, "N": 256},
+        dims=sequence_dims(features=(1, 96), out=(1, 96))),
+    _equal_dense_claim(
+        "keras-full-kernel-conv1d-dense",
+        "Keras Conv1D(N, kernel_size=L) on (B, L, K) == Dense(N) on the flattened (B, L*K)",
+        "forum question: is a full-length Conv1D the same as Dense on the flattened input?",
+        _KERAS_FULL_KERNEL, {"B": 2, "L": 6, "K": 4, "N": 8}),
+    _equal_dense_claim(
+        "flax-dense-conv-1x1",
+        "Flax Dense == Conv with kernel (1,) == Conv with kernel (1, 1); linen == nnx",
+        "Flax documentation: Dense and Conv share the (in, out) kernel; a 1x1 Conv is a Dense over channels",
+        tuple(v for api, dense in (("flax.linen", "Dense"), ("flax.nnx", "Linear")) for v in (
+            Variant(api, _dense),
+            Variant(api, _pointwise(1), w_map=_kernel_reshape(1), how="kernel (1,)"),
+            Variant(api, _pointwise(2), x_in=lambda x, d: x[:, :, None], y_out=lambda y, d: y[:, :, 0],
+                    w_map=_kernel_reshape(2), how="kernel (1, 1), input (B, L, 1, K)"))),
+        {"B": 2, "L": 5, "K": 8, "N": 32}),
+    Claim("xfw-dense", "torch Linear == Keras Dense == Flax linen Dense == Flax nnx Linear (same weights)",
+          "equal", "weight transfer between frameworks", dense_dims(), _seq_shape,
+          tuple(Variant(fw, _dense) for fw in FRAMEWORKS),
+          {"B": 2, "L": 3, "K": 8, "N": 32, "spec": LayerSpec.dense(8, 32), "shape": (2, 3, 8)}),
+    Claim("xfw-conv1d", "torch Conv1d == Keras Conv1D == Flax 1-D Conv (linen, nnx) over kernel, stride, padding, "
+          "dilation and groups", "equal", "weight transfer between frameworks", conv_dims(1), _seq_shape,
+          tuple(Variant(fw, lambda d: d["spec"]) for fw in FRAMEWORKS),
+          {"spec": LayerSpec.conv(4, 6, 3, strides=2, padding="same", groups=2), "shape": (2, 9, 4)}),
+    Claim("xfw-conv2d", "torch Conv2d == Keras Conv2D == Flax 2-D Conv (linen, nnx) over kernel, stride, padding, "
+          "dilation and groups", "equal", "weight transfer between frameworks", conv_dims(2), _seq_shape,
+          tuple(Variant(fw, lambda d: d["spec"]) for fw in FRAMEWORKS),
+          {"spec": LayerSpec.conv(4, 6, (3, 2), padding=((1, 2), (0, 1)), dilation=(1, 2), groups=2),
+           "shape": (2, 7, 6, 4)}),
+    _tied_claim("differ-linear100-conv1d-k10",
+                "torch Linear(100, 10) != Conv1d(1, 10, kernel_size=10) on the same signal (only an approximation)",
+                L=100, k=10, s=1, N=10),
+    _tied_claim("differ-linear784-conv1d-k7s7",
+                "torch Linear(784, 10) != Conv1d(1, 10, kernel_size=7, stride=7) on the same flattened image",
+                L=784, k=7, s=7, N=10),
+    Claim("differ-view-instead-of-permute",
+          "torch Conv1d on x.view(B, K, L) != Conv1d on x.permute(0, 2, 1) for channels-last x (B, L, K)",
+          "differ", "forum question: view/reshape used where permute is needed",
+          sequence_dims(length=(2, 8), features=(2, 16), out=(1, 16)), _seq_shape,
+          (Variant("torch", lambda d: LayerSpec.conv(d["K"], d["N"], 1), how="permute"),
+           Variant("torch", lambda d: LayerSpec.conv(d["K"], d["N"], 1),
+                   x_in=lambda x, d: x.reshape(d["B"], d["K"], d["L"]).transpose(0, 2, 1), how="view")),
+          {"B": 2, "L": 5, "K": 3, "N": 4}, data_styles=("normal", "uniform")),
+)
+
+CLAIMS_BY_ID: dict[str, Claim] = {}
+
+
+class CatalogError(ValueError):
+    """A malformed catalog row: raised at import, naming the row."""
+
+
+def _validate(claim: Claim) -> None:
+    if claim.id in CLAIMS_BY_ID:
+        raise CatalogError(f"duplicate claim id {claim.id!r}")
+    if claim.relation not in ("equal", "differ"):
+        raise CatalogError(f"claim {claim.id}: relation must be 'equal' or 'differ', not {claim.relation!r}")
+    if not claim.variants or (claim.relation == "differ" and len(claim.variants) < 2):
+        raise CatalogError(f"claim {claim.id}: needs variants (a differ row needs a target and a naive variant)")
+    unknown = {v.framework for v in claim.variants} - set(FRAMEWORKS)
+    if unknown:
+        raise CatalogError(f"claim {claim.id}: unknown frameworks {sorted(unknown)}; known: {FRAMEWORKS}")
+    if not set(claim.dtypes) <= set(DTYPES):
+        raise CatalogError(f"claim {claim.id}: unknown dtypes {sorted(set(claim.dtypes) - set(DTYPES))}")
+    labels = [v.label(claim.example) for v in claim.variants]
+    if len(set(labels)) != len(labels):
+        raise CatalogError(f"claim {claim.id}: two variants share the label {labels}; set `how` to tell them apart")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(claim.input_shape(claim.example))
+    base = claim.variants[0].spec(claim.example)
+    weights = {"kernel": rng.standard_normal(base.kernel_shape())}
+    if base.bias:
+        weights["bias"] = rng.standard_normal(base.out_features)
+    outputs = [evaluate_reference(v, claim.example, x, weights)[0] for v in claim.variants]
+    for label, y in zip(labels[1:], outputs[1:]):
+        if y.shape != outputs[0].shape:
+            raise CatalogError(f"claim {claim.id}: {label} gives output shape {y.shape}, "
+                               f"{labels[0]} gives {outputs[0].shape}; fix the variant's y_out")
+        apart = np.max(np.abs(y - outputs[0]), initial=0.0) / max(np.max(np.abs(outputs[0]), initial=0.0), 1e-300)
+        if claim.relation == "equal" and apart > 1e-12:
+            raise CatalogError(f"claim {claim.id}: {label} disagrees with {labels[0]} in float64 ({apart:.1e}); "
+                               f"the mapping is wrong or the claim is not an equality")
+        if claim.relation == "differ" and apart < 1e-3:
+            raise CatalogError(f"claim {claim.id}: {label} agrees with {labels[0]} on generic data; not a differ row")
+
+
+def evaluate_reference(variant: Variant, dims: Dims, x: np.ndarray,
+                       weights: Weights) -> tuple[np.ndarray, np.ndarray, LayerSpec, np.ndarray, Weights]:
+    """The variant in float64: (output, magnitude, spec, layer input, layer weights), claim layout."""
+    spec = variant.spec(dims)
+    layer_x = variant.x_in(x, dims)
+    layer_w = variant.w_map(weights, dims)
+    y = variant.y_out(reference.forward(spec, layer_x, layer_w), dims)
+    m = variant.y_out(reference.magnitude(spec, layer_x, layer_w), dims)
+    return y, m, spec, layer_x, layer_w
+
+
+for _claim in CLAIMS:
+    _validate(_claim)
+    CLAIMS_BY_ID[_claim.id] = _claim

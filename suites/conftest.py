@@ -1,0 +1,43 @@
+"""Parametrizes the suites over catalog x dtype x device and provides the per-test runner."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from reports.plugin import record_environment
+from suites.catalog import CLAIMS
+from suites.harness import Case, ClaimRunner
+
+_RECORDED: set[str] = set()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "suites" in item.path.parts:
+            item.add_marker(pytest.mark.conformance)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "runner" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    relation = getattr(metafunc.function, "relation", None)
+    cases = [Case(claim, dtype, device) for claim in CLAIMS if relation in (None, claim.relation)
+             for dtype in config.getoption("--conformance-dtypes")
+             for device in config.getoption("--conformance-devices")]
+    metafunc.parametrize("runner", cases, ids=[case.id for case in cases], indirect=True)
+
+
+@pytest.fixture
+def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -> Iterator[ClaimRunner]:
+    check = getattr(request.function, "check", "forward")
+    selected = set(request.config.getoption("--conformance-frameworks"))
+    runner = ClaimRunner(request.param, conformance_record, check=check, frameworks=selected)
+    yield runner
+    for framework in runner.frameworks_used():
+        if framework not in _RECORDED:
+            _RECORDED.add(framework)
+            from adapters import get_adapter
+
+            record_environment(request.config, framework, get_adapter(framework).environment())

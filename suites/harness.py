@@ -1,0 +1,217 @@
+"""Runs one claim on one hypothesis example: every runnable variant against the float64 reference.
+
+The test functions stay thin: they draw, call `ClaimRunner.forward_example`, and the runner keeps
+the statistics that the report plugin turns into a result row.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+from adapters import get_adapter
+from adapters.spec import LayerSpec, Weights
+from suites.bounds import ROUNDOFF_LABEL, bound_ratio, error_bound
+from suites.catalog import Claim, Variant, evaluate_reference
+from suites.strategies import STYLES, Dims, data_source, random_array
+
+MAX_SAMPLES = 400  # per result, for the report's plots
+
+
+class Case(NamedTuple):
+    """One parametrization of a check: a claim in a dtype on a device."""
+
+    claim: Claim
+    dtype: str
+    device: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.claim.id}-{self.dtype}-{self.device}"
+
+
+@dataclass
+class VariantStats:
+    max_abs_error: float = 0.0
+    max_bound_ratio: float = 0.0
+    examples: int = 0
+
+
+@dataclass
+class ClaimRunner:
+    case: Case
+    record: dict[str, Any]
+    check: str = "forward"
+    frameworks: set[str] | None = None  # None: all
+    stats: dict[str, VariantStats] = field(default_factory=dict)
+    pairwise: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    separation: float = float("inf")
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        claim, dtype, device = self.case
+        example = claim.example
+        self.record.update({
+            "claim": claim.id, "title": claim.title, "relation": claim.relation, "source": claim.source,
+            "check": self.check, "variants": [], "skipped_variants": self.skipped, "dtype": dtype,
+            "device": device, "examples": 0, "max_abs_error": None, "max_bound_ratio": None, "reason": None,
+            "per_variant": {}, "pairwise": [], "separation": None,
+            "samples": {"bound_ratio": [], "abs_error": [], "reduction_length": []},
+        })
+        if dtype not in claim.dtypes:
+            pytest.skip(f"{claim.id} is not run in {dtype}: {claim.dtype_note}")
+        for variant in claim.variants:
+            if self.frameworks is not None and variant.framework not in self.frameworks:
+                self.skipped[variant.label(example)] = f"{variant.framework} not selected (--conformance-frameworks)"
+                continue
+            reason = get_adapter(variant.framework).supports(variant.spec(example), dtype, device)
+            if reason:
+                self.skipped[variant.label(example)] = reason
+        self.runnable = [v for v in claim.variants if v.label(example) not in self.skipped]
+        self.record["variants"] = [v.name(example) for v in self.runnable]
+        self.record["keras_backend"] = _keras_backend() if any(v.framework == "keras" for v in self.runnable) else None
+        if not self.runnable:
+            pytest.skip("; ".join(sorted(set(self.skipped.values()))))
+
+    # ---- one example --------------------------------------------------------------------------
+    def draw(self, data: st.DataObject) -> tuple[Dims, np.ndarray, Weights, str]:
+        claim, dtype = self.case.claim, self.case.dtype
+        dims = data.draw(claim.dims, label="dims")
+        style, seed = data.draw(data_source(styles=claim.data_styles or STYLES), label="data (style, seed)")
+        rng = np.random.default_rng(seed)
+        base = claim.variants[0].spec(dims)
+        x = random_array(rng, claim.input_shape(dims), style, dtype)
+        weights = {"kernel": random_array(rng, base.kernel_shape(), style, dtype)}
+        if base.bias:
+            weights["bias"] = random_array(rng, (base.out_features,), style, dtype)
+        return dims, x, weights, style
+
+    def forward_example(self, data: st.DataObject) -> None:
+        __tracebackhide__ = True
+        claim, dtype, device = self.case
+        dims, x, weights, style = self.draw(data)
+        target = evaluate_reference(claim.variants[0], dims, x, weights)
+        results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        failures: list[str] = []
+        worst = (0.0, 0.0)
+        for variant in self.runnable:
+            label = variant.label(dims)
+            ref_y, ref_m, spec, layer_x, layer_w = evaluate_reference(variant, dims, x, weights)
+            reason = get_adapter(variant.framework).supports(spec, dtype, device)
+            if reason:  # geometry drawn for this example only (e.g. Keras: stride and dilation together)
+                self.skipped[f"{label} (some examples)"] = reason
+                continue
+            layer = get_adapter(variant.framework).build(spec, layer_w, dtype, device)
+            y = variant.y_out(layer.forward(layer_x).astype(np.float64), dims)
+            bound = variant.y_out(error_bound(spec.reduction_length, _magnitude_layer(spec, layer_x, layer_w),
+                                              dtype), dims)
+            expected = target[0] if claim.relation == "equal" else ref_y
+            error, ratio, index = bound_ratio(y, expected, bound)
+            results[label] = (y, bound)
+            self._note(label, error, ratio)
+            worst = max(worst, (ratio, error))
+            if not ratio <= 1.0:
+                failures.append(_failure_line(label, spec, dtype, y, expected, bound, index, error, ratio))
+            if claim.relation == "differ" and variant is not claim.variants[0]:
+                gap = bound_ratio(ref_y, target[0], error_bound(spec.reduction_length, target[1], dtype))[1]
+                self.separation = min(self.separation, gap)
+                if not gap > 1.0:
+                    failures.append(f"{label} does not differ from {claim.variants[0].label(dims)} on this input: "
+                                    f"the gap is only {gap:.3g}x the {dtype} error bound")
+        self._note_pairs(results)
+        self._note_sample(worst, claim.variants[0].spec(dims).reduction_length)
+        if failures:
+            raise AssertionError(
+                f"claim {claim.id} [{dtype}, {device}] ({claim.relation}): {claim.title}\n  "
+                + "\n  ".join(failures)
+                + f"\n  dims={_describe_dims(dims)}, data style={style}")
+
+    def frameworks_used(self) -> set[str]:
+        return {v.framework for v in self.runnable}
+
+    def check_params(self) -> None:
+        """Every variant of an `equal` claim has the same number of parameters (example sizes)."""
+        __tracebackhide__ = True
+        claim, dtype, device = self.case
+        dims = claim.example
+        counts = {}
+        for variant in self.runnable:
+            spec = variant.spec(dims)
+            weights = {"kernel": np.zeros(spec.kernel_shape()), **({"bias": np.zeros(spec.out_features)} if spec.bias else {})}
+            counts[variant.label(dims)] = get_adapter(variant.framework).build(spec, weights, dtype, device).param_count()
+        expected = claim.variants[0].spec(dims).param_count()
+        self.record.update({"examples": 1, "params": counts, "expected_params": expected,
+                            "max_abs_error": float(max(abs(c - expected) for c in counts.values())),
+                            "max_bound_ratio": None, "dims": _describe_dims(dims)})
+        wrong = {label: count for label, count in counts.items() if count != expected}
+        assert not wrong, (f"claim {claim.id}: parameter counts differ at {_describe_dims(dims)}: expected {expected} "
+                           f"(from {claim.variants[0].label(dims)}), got {wrong}")
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def _note(self, label: str, error: float, ratio: float) -> None:
+        stats = self.stats.setdefault(label, VariantStats())
+        stats.examples += 1
+        stats.max_abs_error = max(stats.max_abs_error, error)
+        stats.max_bound_ratio = max(stats.max_bound_ratio, ratio)
+
+    def _note_pairs(self, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        if self.case.claim.relation != "equal":
+            return
+        for (a, (ya, ba)), (b, (yb, bb)) in itertools.combinations(results.items(), 2):
+            error, ratio, _ = bound_ratio(ya, yb, ba + bb)
+            old = self.pairwise.setdefault((a, b), [0.0, 0.0])
+            old[0], old[1] = max(old[0], error), max(old[1], ratio)
+
+    def _note_sample(self, worst: tuple[float, float], reduction_length: int) -> None:
+        record = self.record
+        record["examples"] += 1
+        samples = record["samples"]
+        if len(samples["bound_ratio"]) < MAX_SAMPLES:
+            samples["bound_ratio"].append(_finite(worst[0]))
+            samples["abs_error"].append(_finite(worst[1]))
+            samples["reduction_length"].append(int(reduction_length))
+        if self.stats:
+            record["max_abs_error"] = _finite(max(s.max_abs_error for s in self.stats.values()))
+            record["max_bound_ratio"] = _finite(max(s.max_bound_ratio for s in self.stats.values()))
+        record["per_variant"] = {k: {"max_abs_error": _finite(s.max_abs_error),
+                                     "max_bound_ratio": _finite(s.max_bound_ratio), "examples": s.examples}
+                                 for k, s in self.stats.items()}
+        record["pairwise"] = [{"a": a, "b": b, "max_abs_error": _finite(e), "max_bound_ratio": _finite(r)}
+                              for (a, b), (e, r) in self.pairwise.items()]
+        record["separation"] = None if self.separation == float("inf") else _finite(self.separation)
+        record["duration"] = round(time.perf_counter() - self.started, 3)
+
+
+def _magnitude_layer(spec: LayerSpec, x: np.ndarray, weights: Weights) -> np.ndarray:
+    from adapters import reference
+
+    return reference.magnitude(spec, x, weights)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no inf/nan: the report stores null for a non-finite number."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _keras_backend() -> str:
+    from adapters.keras import BACKEND
+
+    return BACKEND
+
+
+def _describe_dims(dims: Dims) -> str:
+    return ", ".join(f"{k}={v.describe() if isinstance(v, LayerSpec) else v}" for k, v in dims.items())
+
+
+def _failure_line(label: str, spec: LayerSpec, dtype: str, y: np.ndarray, expected: np.ndarray,
+                  bound: np.ndarray, index: tuple[int, ...], error: float, ratio: float) -> str:
+    at = f" at output index {index}: got {y[index]:.9g}, reference {expected[index]:.9g}" if index else ""
+    return (f"{label} exceeds the error bound: max |y - y_ref| = {error:.3g} is {ratio:.3g}x the bound "
+            f"(gamma(K+1, u) * |W||x|+|b|, K={spec.reduction_length}, u={ROUNDOFF_LABEL[dtype]}){at}, "
+            f"bound there {bound[index] if index else float('nan'):.3g}; layer {spec.describe()}")
