@@ -38,6 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="dtypes to check (default: float64,float32,float16,bfloat16)")
     group.addoption("--conformance-devices", default="cpu,gpu", type=_csv, metavar="LIST",
                     help="devices to check; one no framework sees is skipped with the reason (default: cpu,gpu)")
+    group.addoption("--conformance-require", default="", type=_csv, metavar="LIST",
+                    help="only claims with a variant of one of these frameworks (e.g. keras, for extra backends)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,7 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from adapters.base import DEVICES
     from adapters.spec import DTYPES
 
-    for option, known in (("frameworks", FRAMEWORKS), ("dtypes", DTYPES), ("devices", DEVICES)):
+    for option, known in (("frameworks", FRAMEWORKS), ("dtypes", DTYPES), ("devices", DEVICES),
+                          ("require", FRAMEWORKS)):
         unknown = set(config.getoption(f"--conformance-{option}")) - set(known)
         if unknown:
             raise pytest.UsageError(f"--conformance-{option}: unknown {', '.join(sorted(unknown))}; "

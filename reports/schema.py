@@ -45,6 +45,7 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read by others (CI artifacts)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

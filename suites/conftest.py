@@ -23,7 +23,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     config = metafunc.config
     relation = getattr(metafunc.function, "relation", None)
-    cases = [Case(claim, dtype, device) for claim in CLAIMS if relation in (None, claim.relation)
+    required = set(config.getoption("--conformance-require"))
+    claims = [claim for claim in CLAIMS if relation in (None, claim.relation)
+              and (not required or required & {v.framework for v in claim.variants})]
+    cases = [Case(claim, dtype, device) for claim in claims
              for dtype in config.getoption("--conformance-dtypes")
              for device in config.getoption("--conformance-devices")]
     metafunc.parametrize("runner", cases, ids=[case.id for case in cases], indirect=True)

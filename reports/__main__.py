@@ -1,0 +1,6 @@
+"""`python -m reports` is the `conformance` command."""
+import sys
+
+from reports.cli import main
+
+sys.exit(main())
