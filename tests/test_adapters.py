@@ -1,0 +1,137 @@
+"""Each adapter builds layers with exactly the canonical weights, and converts layouts correctly."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import adapters
+from adapters import FRAMEWORKS, LayerSpec, SpecError, convert, get_adapter, reference
+from suites.bounds import error_bound
+
+SPECS = [
+    (LayerSpec.dense(5, 3), (2, 4, 5)),
+    (LayerSpec.conv(4, 6, 3, strides=2, padding="same", groups=2), (2, 9, 4)),
+    (LayerSpec.conv(3, 2, 4, padding=((2, 1),), dilation=2, bias=False), (1, 8, 3)),
+    (LayerSpec.conv(4, 6, (3, 2), strides=(2, 1), padding=((1, 2), (0, 1)), groups=2), (2, 9, 7, 4)),
+]
+
+
+def adapter_or_skip(framework: str):
+    adapter = get_adapter(framework)
+    reason = adapter.available()
+    if reason:
+        pytest.skip(reason)
+    return adapter
+
+
+def random_weights(spec: LayerSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    weights = {"kernel": rng.standard_normal(spec.kernel_shape())}
+    if spec.bias:
+        weights["bias"] = rng.standard_normal(spec.out_features)
+    return weights
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("spec, shape", SPECS, ids=[s.describe() for s, _ in SPECS])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forward_vjp_and_weights_round_trip(framework, spec, shape, dtype):
+    adapter = adapter_or_skip(framework)
+    if adapter.supports(spec, dtype, "cpu"):
+        pytest.skip(adapter.supports(spec, dtype, "cpu"))
+    rng = np.random.default_rng(0)
+    weights = {k: v.astype(dtype) for k, v in random_weights(spec, rng).items()}
+    x = rng.standard_normal(shape).astype(dtype)
+    layer = adapter.build(spec, weights, dtype)
+    for name, value in layer.weights().items():
+        np.testing.assert_array_equal(value, weights[name], err_msg=f"{layer.name} {name} changed on the way in")
+    assert layer.param_count() == spec.param_count()
+    y = layer.forward(x)
+    bound = error_bound(spec.reduction_length, reference.magnitude(spec, x, weights), dtype)
+    assert np.all(np.abs(y - reference.forward(spec, x, weights)) <= bound)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw = layer.vjp(x, g)
+    rdx, rdw = reference.vjp(spec, x, weights, g)
+    scale = 1e-12 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(dx, rdx, rtol=scale, atol=scale * np.abs(rdx).max())
+    for name in rdw:
+        np.testing.assert_allclose(dw[name], rdw[name], rtol=scale, atol=scale * np.abs(rdw[name]).max())
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_layout_conversion_is_not_a_reshape(framework):
+    """A one-hot kernel must land on the output channel and tap it names (catches reshape-for-transpose)."""
+    adapter = adapter_or_skip(framework)
+    spec = LayerSpec.conv(3, 2, 2, bias=False)
+    kernel = np.zeros(spec.kernel_shape())
+    kernel[1, 2, 0] = 1.0  # tap 1 of input channel 2 feeds output channel 0
+    x = np.arange(1 * 4 * 3, dtype=np.float64).reshape(1, 4, 3)
+    y = adapter.build(spec, {"kernel": kernel}, "float64").forward(x)
+    np.testing.assert_array_equal(y[0, :, 0], x[0, 1:, 2])
+    np.testing.assert_array_equal(y[0, :, 1], 0.0)
+
+
+def test_convert_moves_a_layer_across_frameworks_and_classes():
+    for framework in FRAMEWORKS:
+        adapter_or_skip(framework)
+    rng = np.random.default_rng(1)
+    spec = LayerSpec.dense(8, 32)
+    start = get_adapter("torch").build(spec, random_weights(spec, rng), "float64")
+    chain = [start]
+    for target in ("torch.Conv1d", "keras.Conv1D", "flax.linen.Conv", "flax.nnx.Linear", "keras.Dense", "torch"):
+        chain.append(convert(chain[-1], target))
+    assert [layer.name for layer in chain] == ["torch.Linear", "torch.Conv1d", "keras.Conv1D", "flax.linen.Conv",
+                                               "flax.nnx.Linear", "keras.Dense", "torch.Linear"]
+    assert all(layer.param_count() == 288 for layer in chain)
+    x = rng.standard_normal((2, 5, 8))
+    for layer in chain:
+        np.testing.assert_allclose(layer.forward(x), start.forward(x), rtol=1e-13, atol=1e-13)
+    conv2d = convert(chain[1], "torch.Conv2d")
+    np.testing.assert_allclose(conv2d.forward(x[:, :, None, :])[:, :, 0], start.forward(x), rtol=1e-13, atol=1e-13)
+
+
+def test_convert_refuses_what_is_not_an_equivalence():
+    adapter_or_skip("torch")
+    spec = LayerSpec.conv(4, 2, 3)
+    layer = get_adapter("torch").build(spec, random_weights(spec, np.random.default_rng(0)), "float32")
+    with pytest.raises(SpecError, match="Only a pointwise convolution"):
+        convert(layer, "torch.Linear")
+    with pytest.raises(SpecError, match="Invalid value for argument `to`"):
+        convert(layer, "mxnet")
+    with pytest.raises(SpecError, match="no layer class 'Dense'"):
+        convert(layer, "torch.Dense")
+
+
+def test_build_rejects_bad_input_before_the_framework(monkeypatch):
+    adapter = adapter_or_skip("torch")
+    spec = LayerSpec.dense(4, 3)
+    with pytest.raises(SpecError, match="expected canonical shape"):
+        adapter.build(spec, {"kernel": np.zeros((3, 4)), "bias": np.zeros(3)})
+    with pytest.raises(SpecError, match="dtype"):
+        adapter.build(spec, {"kernel": np.zeros((4, 3)), "bias": np.zeros(3)}, dtype="float8")
+    layer = adapter.build(spec, {"kernel": np.zeros((4, 3)), "bias": np.zeros(3)})
+    with pytest.raises(SpecError, match="last axis must be the features"):
+        layer.forward(np.zeros((2, 5)))
+
+
+def test_missing_framework_disables_only_its_adapter(monkeypatch):
+    """An ImportError becomes a reason naming the framework and the install command; others still work."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    monkeypatch.delitem(sys.modules, "adapters.torch", raising=False)
+    monkeypatch.setattr(adapters, "_CACHE", {})
+    adapter = get_adapter("torch")
+    reason = adapter.supports(LayerSpec.dense(2, 2), "float32", "cpu")
+    assert reason and "torch" in reason and "pip install 'layer-conformance[torch]'" in reason
+    assert get_adapter("flax.linen").available() in (None, get_adapter("flax.linen").available())
+    with pytest.raises(SpecError, match="torch"):
+        adapter.build(LayerSpec.dense(2, 2), {"kernel": np.zeros((2, 2)), "bias": np.zeros(2)})
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_default_weights_have_canonical_shapes(framework):
+    adapter = adapter_or_skip(framework)
+    spec = LayerSpec.conv(4, 6, 3, groups=2)
+    weights = adapter.default_weights(spec, seed=0)
+    assert weights["kernel"].shape == spec.kernel_shape() and weights["bias"].shape == (6,)
+    assert np.std(weights["kernel"]) > 0

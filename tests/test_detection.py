@@ -1,0 +1,141 @@
+"""Detection power: the forward check fails on planted faults, and `differ` rows fail if made equal.
+
+A fault is planted by wrapping a real adapter: what the layer computes changes, the harness does not.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+
+import adapters
+from adapters import get_adapter
+from adapters.base import Adapter, Layer
+from suites.catalog import CLAIMS_BY_ID, Claim, Variant
+from suites.harness import Case, ClaimRunner
+
+Fault = Callable[[Layer, np.ndarray], np.ndarray]
+
+
+class FaultyAdapter(Adapter):
+    """Delegates to a real adapter; its layers' outputs go through `fault`."""
+
+    def __init__(self, inner: Adapter, fault: Fault, weights_fault: Callable | None = None):
+        self.inner, self.fault, self.weights_fault = inner, fault, weights_fault
+        self.name, self.classes, self.distributions = inner.name, inner.classes, inner.distributions
+
+    def available(self):
+        return self.inner.available()
+
+    def devices(self):
+        return self.inner.devices()
+
+    def _supports(self, spec, dtype, device):
+        return self.inner._supports(spec, dtype, device)
+
+    def _build(self, spec, weights, dtype, device):
+        if self.weights_fault:
+            weights = self.weights_fault(spec, dict(weights))
+        layer = self.inner._build(spec, weights, dtype, device)
+        original, fault = layer._forward, self.fault
+        layer._forward = lambda x: fault(layer, original(x))  # type: ignore[method-assign]
+        return layer
+
+    def default_weights(self, spec, seed):
+        return self.inner.default_weights(spec, seed)
+
+
+def run_claim(claim: Claim, dtype: str = "float32", examples: int = 25) -> dict:
+    record: dict = {}
+    runner = ClaimRunner(Case(claim, dtype, "cpu"), record)
+
+    # no shrinking: these tests only need to see the failure, not its minimal form
+    @settings(max_examples=examples, database=None, derandomize=True, deadline=None,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def check(data):
+        runner.forward_example(data)
+
+    check()
+    return record
+
+
+@pytest.fixture
+def plant(monkeypatch):
+    def plant(framework: str, fault: Fault, weights_fault: Callable | None = None) -> None:
+        inner = get_adapter(framework)
+        if inner.available():
+            pytest.skip(inner.available())
+        monkeypatch.setitem(adapters._CACHE, framework, FaultyAdapter(inner, fault, weights_fault))
+    return plant
+
+
+def _perturb_largest(layer: Layer, y: np.ndarray, relative: float) -> np.ndarray:
+    y = y.copy()
+    flat = y.reshape(-1)
+    i = int(np.argmax(np.abs(flat.astype(np.float64))))
+    flat[i] = flat[i] * (1 + relative) + relative
+    return y
+
+
+FAULTS = {
+    "dropped bias": ("torch", "xfw-dense", None,
+                     lambda spec, w: {**w, "bias": np.zeros_like(w["bias"])} if "bias" in w else w),
+    "one element off by 1e-3 relative": ("flax.linen", "xfw-conv1d", lambda l, y: _perturb_largest(l, y, 1e-3), None),
+    "kernel flipped (convolution, not cross-correlation)": (
+        "keras", "xfw-conv1d", None, lambda spec, w: {**w, "kernel": w["kernel"][::-1].copy()}),
+    "kernel transposed in the weight transfer": (
+        "torch", "torch-linear-conv1d-k1", None,
+        lambda spec, w: {**w, "kernel": w["kernel"].reshape(-1)[::-1].reshape(w["kernel"].shape).copy()}),
+    "output rounded through bfloat16": ("flax.nnx", "xfw-dense", lambda layer, y: _to_bf16(y), None),
+}
+
+
+def _to_bf16(y: np.ndarray) -> np.ndarray:
+    import ml_dtypes
+
+    return y.astype(ml_dtypes.bfloat16).astype(y.dtype)
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_forward_check_catches_planted_fault(plant, name):
+    framework, claim_id, fault, weights_fault = FAULTS[name]
+    plant(framework, fault or (lambda layer, y: y), weights_fault)
+    with pytest.raises(AssertionError, match="exceeds the error bound") as info:
+        run_claim(CLAIMS_BY_ID[claim_id])
+    assert claim_id in str(info.value) and framework in str(info.value)
+
+
+def test_unfaulted_runs_pass_and_record(plant):
+    record = run_claim(CLAIMS_BY_ID["xfw-dense"], examples=10)
+    assert record["examples"] >= 10 and 0 < record["max_bound_ratio"] <= 1
+    assert set(record["per_variant"]) >= {"torch.Linear", "flax.linen.Dense"}
+
+
+def test_bfloat16_results_fail_the_float32_bound(plant):
+    """The float32 bound is not vacuous: a layer that rounds through bfloat16 fails it."""
+    plant("torch", lambda layer, y: _to_bf16(y))
+    with pytest.raises(AssertionError, match="exceeds the error bound"):
+        run_claim(CLAIMS_BY_ID["torch-linear-conv1d-k1"])
+
+
+def test_differ_row_fails_when_the_variants_agree():
+    """A `differ` row whose naive variant is in fact the target must fail: separation below 1."""
+    claim = CLAIMS_BY_ID["differ-view-instead-of-permute"]
+    fake = Claim(claim.id, claim.title, "differ", claim.source, claim.dims, claim.input_shape,
+                 (claim.variants[0], Variant("torch", claim.variants[0].spec, how="also permute")),
+                 claim.example, data_styles=claim.data_styles)
+    if get_adapter("torch").available():
+        pytest.skip(get_adapter("torch").available())
+    with pytest.raises(AssertionError, match="does not differ"):
+        run_claim(fake, examples=5)
+
+
+def test_claim_skips_with_the_missing_framework_named(monkeypatch):
+    from adapters.base import UnavailableAdapter
+
+    monkeypatch.setitem(adapters._CACHE, "torch", UnavailableAdapter("torch", "torch is not installed", {}))
+    with pytest.raises(pytest.skip.Exception, match="torch is not installed"):
+        ClaimRunner(Case(CLAIMS_BY_ID["torch-linear-conv1d-k1"], "float32", "cpu"), {})

@@ -1,0 +1,100 @@
+"""LayerSpec validation, the `same` padding rule, and the float64 reference against brute force."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from adapters import reference
+from adapters.spec import LayerSpec, SpecError, check_weights
+from suites.strategies import conv_dims
+
+
+def brute_force_conv(spec: LayerSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """Textbook cross-correlation, one output element at a time (slow, obviously right)."""
+    pads = spec.explicit_padding(x.shape[1:-1])
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
+    out_sp = spec.output_spatial(x.shape[1:-1])
+    cin_g, cout_g = spec.in_features // spec.groups, spec.out_features // spec.groups
+    y = np.zeros((x.shape[0], *out_sp, spec.out_features))
+    for n, o in itertools.product(range(x.shape[0]), range(spec.out_features)):
+        g = o // cout_g
+        for pos in itertools.product(*(range(s) for s in out_sp)):
+            total = 0.0
+            for k in itertools.product(*(range(s) for s in spec.kernel_size)):
+                src = tuple(p * s + kk * d for p, s, kk, d in zip(pos, spec.strides, k, spec.dilation))
+                for c in range(cin_g):
+                    total += xp[(n, *src, g * cin_g + c)] * w[(*k, c, o)]
+            y[(n, *pos, o)] = total + (b[o] if b is not None else 0.0)
+    return y
+
+
+@settings(max_examples=40, deadline=None)
+@given(dims=st.one_of(conv_dims(1), conv_dims(2, max_kernel=3)), seed=st.integers(0, 2**16))
+def test_reference_conv_matches_brute_force(dims, seed):
+    spec, shape = dims["spec"], dims["shape"]
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(shape), rng.standard_normal(spec.kernel_shape())
+    b = rng.standard_normal(spec.out_features) if spec.bias else None
+    got = reference.forward(spec, x, {"kernel": w, **({"bias": b} if spec.bias else {})})
+    np.testing.assert_allclose(got, brute_force_conv(spec, x, w, b), rtol=1e-12, atol=1e-12)
+    assert got.shape[1:-1] == spec.output_spatial(shape[1:-1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(dims=conv_dims(1), seed=st.integers(0, 2**16))
+def test_reference_vjp_is_the_adjoint(dims, seed):
+    """<g, J v> = <J^T g, v> for the input and the kernel (the layer is linear in each)."""
+    spec, shape = dims["spec"].with_(bias=False), dims["shape"]
+    rng = np.random.default_rng(seed)
+    w = {"kernel": rng.standard_normal(spec.kernel_shape())}
+    x = rng.standard_normal(shape)
+    g = rng.standard_normal(reference.forward(spec, x, w).shape)
+    dx, dw = reference.vjp(spec, x, w, g)
+    v = rng.standard_normal(shape)
+    assert np.isclose(np.sum(g * reference.forward(spec, v, w)), np.sum(dx * v), rtol=1e-10, atol=1e-10)
+    u = rng.standard_normal(spec.kernel_shape())
+    assert np.isclose(np.sum(g * reference.forward(spec, x, {"kernel": u})), np.sum(dw["kernel"] * u),
+                      rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n, k, s, expected", [
+    (8, 3, 2, (0, 1)),   # total 1: the odd extra goes on the high side (TF/JAX/Keras rule)
+    (7, 3, 2, (1, 1)),
+    (8, 4, 1, (1, 2)),   # even kernel, stride 1: total 3
+    (5, 1, 1, (0, 0)),
+    (4, 5, 3, (2, 2)),
+])
+def test_same_padding_rule(n, k, s, expected):
+    spec = LayerSpec.conv(1, 1, k, strides=s, padding="same")
+    assert spec.explicit_padding((n,)) == (expected,)
+    assert spec.output_spatial((n,)) == (-(-n // s),)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: LayerSpec.conv(6, 4, 3, groups=4), "in_features=6 is not divisible by groups=4"),
+    (lambda: LayerSpec.conv(4, 4, 0), "kernel_size"),
+    (lambda: LayerSpec.conv(4, 4, 3, padding="full"), "padding"),
+    (lambda: LayerSpec.conv(4, 4, 3, padding=((1, -1),)), "padding"),
+    (lambda: LayerSpec.dense(0, 3), "in_features"),
+    (lambda: LayerSpec.conv(4, 4, 3, strides=(1, 1)), "strides"),
+])
+def test_invalid_specs_name_the_parameter(build, message):
+    with pytest.raises(SpecError, match=message):
+        build()
+
+
+def test_kernel_larger_than_padded_input_is_refused():
+    spec = LayerSpec.conv(2, 2, 5, dilation=2)
+    with pytest.raises(SpecError, match="larger than the padded input"):
+        spec.check_input((1, 6, 2))
+
+
+def test_weights_are_checked_against_the_canonical_shape():
+    spec = LayerSpec.conv(4, 6, 3)
+    with pytest.raises(SpecError, match=r"expected canonical shape \(3, 4, 6\)"):
+        check_weights(spec, {"kernel": np.zeros((6, 4, 3)), "bias": np.zeros(6)})  # a PyTorch-layout kernel
+    with pytest.raises(SpecError, match="bias"):
+        check_weights(spec, {"kernel": np.zeros((3, 4, 6))})
