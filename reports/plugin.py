@@ -27,6 +27,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "layer-conformance reports")
     group.addoption(REPORT_OPTION, metavar="PATH", default=None,
                     help="write the conformance report (JSON, schema layer-conformance/report/v1) to PATH")
+    group.addoption("--conformance-counterexamples", metavar="DIR", default=None,
+                    help="folder for failing examples (.npz + reproduction scripts); default: "
+                         "counterexamples/ next to the report, none without a report")
     group.addoption("--conformance-table", action="store_true", default=False,
                     help="print the per-claim result table at the end of the run")
 
@@ -64,6 +67,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def counterexample_folder(config: pytest.Config) -> Path | None:
+    """Where failing examples are saved: the option, else next to the report, else nowhere."""
+    folder = config.getoption("--conformance-counterexamples")
+    if folder:
+        return Path(folder)
+    report = config.getoption(REPORT_OPTION)
+    return Path(report).parent / "counterexamples" if report else None
+
+
 def record_environment(config: pytest.Config, framework: str, info: dict[str, Any]) -> None:
     """Suites call this once per framework they used: devices and numeric modes in force."""
     plugin = config.stash.get(_PLUGIN_KEY, None)
@@ -74,7 +86,7 @@ def record_environment(config: pytest.Config, framework: str, info: dict[str, An
 @pytest.fixture
 def conformance_record(request: pytest.FixtureRequest) -> dict[str, Any]:
     """A dict the test fills; it becomes this test's row in report.json."""
-    record: dict[str, Any] = {}
+    record: dict[str, Any] = {"nodeid": request.node.nodeid}
     request.node.user_properties.append((RECORD, record))
     return record
 

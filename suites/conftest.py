@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from reports.plugin import record_environment
+from reports.plugin import counterexample_folder, record_environment
 from suites.catalog import CLAIMS
 from suites.harness import Case, ClaimRunner
 
@@ -36,7 +36,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -> Iterator[ClaimRunner]:
     check = getattr(request.function, "check", "forward")
     selected = set(request.config.getoption("--conformance-frameworks"))
-    runner = ClaimRunner(request.param, conformance_record, check=check, frameworks=selected)
+    runner = ClaimRunner(request.param, conformance_record, check=check, frameworks=selected,
+                         counterexamples=counterexample_folder(request.config))
     yield runner
     for framework in runner.frameworks_used():
         if framework not in _RECORDED:

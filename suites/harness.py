@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from adapters import get_adapter
+from adapters import get_adapter, reference
 from adapters.spec import LayerSpec, Weights
 from suites.bounds import ROUNDOFF_LABEL, bound_ratio, error_bound
 from suites.catalog import Claim, Variant, evaluate_reference
@@ -48,6 +49,7 @@ class ClaimRunner:
     record: dict[str, Any]
     check: str = "forward"
     frameworks: set[str] | None = None  # None: all
+    counterexamples: Path | None = None  # folder for failing examples (.npz + scripts); None: not saved
     stats: dict[str, VariantStats] = field(default_factory=dict)
     pairwise: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -94,43 +96,28 @@ class ClaimRunner:
 
     def forward_example(self, data: st.DataObject) -> None:
         __tracebackhide__ = True
-        claim, dtype, device = self.case
         dims, x, weights, style = self.draw(data)
-        target = evaluate_reference(claim.variants[0], dims, x, weights)
-        results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        failures: list[str] = []
+        outcome = evaluate_example(self.case, dims, x, weights, self.runnable)
+        for label, reason in outcome.skipped.items():
+            self.skipped[f"{label} (some examples)"] = reason
         worst = (0.0, 0.0)
-        for variant in self.runnable:
-            label = variant.label(dims)
-            ref_y, ref_m, spec, layer_x, layer_w = evaluate_reference(variant, dims, x, weights)
-            reason = get_adapter(variant.framework).supports(spec, dtype, device)
-            if reason:  # geometry drawn for this example only (e.g. Keras: stride and dilation together)
-                self.skipped[f"{label} (some examples)"] = reason
-                continue
-            layer = get_adapter(variant.framework).build(spec, layer_w, dtype, device)
-            y = variant.y_out(layer.forward(layer_x).astype(np.float64), dims)
-            bound = variant.y_out(error_bound(spec.reduction_length, _magnitude_layer(spec, layer_x, layer_w),
-                                              dtype), dims)
-            expected = target[0] if claim.relation == "equal" else ref_y
-            error, ratio, index = bound_ratio(y, expected, bound)
-            results[label] = (y, bound)
-            self._note(label, error, ratio)
-            worst = max(worst, (ratio, error))
-            if not ratio <= 1.0:
-                failures.append(_failure_line(label, spec, dtype, y, expected, bound, index, error, ratio))
-            if claim.relation == "differ" and variant is not claim.variants[0]:
-                gap = bound_ratio(ref_y, target[0], error_bound(spec.reduction_length, target[1], dtype))[1]
-                self.separation = min(self.separation, gap)
-                if not gap > 1.0:
-                    failures.append(f"{label} does not differ from {claim.variants[0].label(dims)} on this input: "
-                                    f"the gap is only {gap:.3g}x the {dtype} error bound")
-        self._note_pairs(results)
-        self._note_sample(worst, claim.variants[0].spec(dims).reduction_length)
-        if failures:
-            raise AssertionError(
-                f"claim {claim.id} [{dtype}, {device}] ({claim.relation}): {claim.title}\n  "
-                + "\n  ".join(failures)
-                + f"\n  dims={_describe_dims(dims)}, data style={style}")
+        for v in outcome.variants:
+            self._note(v.label, v.error, v.ratio)
+            worst = max(worst, (v.ratio, v.error))
+        if outcome.separation is not None:
+            self.separation = min(self.separation, outcome.separation)
+        self._note_pairs({v.label: (v.y, v.bound) for v in outcome.variants})
+        self._note_sample(worst, self.case.claim.variants[0].spec(dims).reduction_length)
+        if outcome.failures:
+            message = outcome.message(style)
+            if self.counterexamples is not None:
+                from suites.counterexamples import save_counterexample
+
+                self.record["counterexample"] = save_counterexample(
+                    self.counterexamples, nodeid=self.record.get("nodeid") or self.case.id, case=self.case,
+                    outcome=outcome, message=message)
+                message += f"\n  reproduce: {self.record['counterexample']['command']}"
+            raise AssertionError(message)
 
     def frameworks_used(self) -> set[str]:
         return {v.framework for v in self.runnable}
@@ -188,10 +175,75 @@ class ClaimRunner:
         record["duration"] = round(time.perf_counter() - self.started, 3)
 
 
-def _magnitude_layer(spec: LayerSpec, x: np.ndarray, weights: Weights) -> np.ndarray:
-    from adapters import reference
+@dataclass
+class VariantOutcome:
+    """One variant on one example; layer-level arrays are what a standalone reproduction needs."""
 
-    return reference.magnitude(spec, x, weights)
+    label: str
+    framework: str
+    spec: LayerSpec
+    layer_x: np.ndarray
+    layer_w: Weights
+    layer_y: np.ndarray  # the framework's output, float64, layer layout
+    layer_reference: np.ndarray  # float64 reference of the same layer on the same values
+    layer_bound: np.ndarray
+    y: np.ndarray  # claim layout
+    bound: np.ndarray  # claim layout
+    error: float
+    ratio: float
+    failure: str | None = None
+
+
+@dataclass
+class ExampleOutcome:
+    case: Case
+    dims: Dims
+    x: np.ndarray
+    weights: Weights
+    variants: list[VariantOutcome] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    separation: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+    def message(self, style: str | None = None) -> str:
+        claim, dtype, device = self.case
+        text = (f"claim {claim.id} [{dtype}, {device}] ({claim.relation}): {claim.title}\n  "
+                + "\n  ".join(self.failures) + f"\n  dims={_describe_dims(self.dims)}")
+        return text + (f", data style={style}" if style else "")
+
+
+def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
+                     variants: list[Variant]) -> ExampleOutcome:
+    """Run every variant on one example and judge it against the float64 reference."""
+    claim, dtype, device = case
+    outcome = ExampleOutcome(case, dims, x, weights)
+    target = evaluate_reference(claim.variants[0], dims, x, weights)
+    for variant in variants:
+        label = variant.label(dims)
+        ref_y, _, spec, layer_x, layer_w = evaluate_reference(variant, dims, x, weights)
+        adapter = get_adapter(variant.framework)
+        reason = adapter.supports(spec, dtype, device)
+        if reason:  # geometry drawn for this example only (e.g. Keras: stride and dilation together)
+            outcome.skipped[label] = reason
+            continue
+        layer_y = adapter.build(spec, layer_w, dtype, device).forward(layer_x).astype(np.float64)
+        layer_bound = error_bound(spec.reduction_length, reference.magnitude(spec, layer_x, layer_w), dtype)
+        y, bound = variant.y_out(layer_y, dims), variant.y_out(layer_bound, dims)
+        expected = target[0] if claim.relation == "equal" else ref_y
+        error, ratio, index = bound_ratio(y, expected, bound)
+        v = VariantOutcome(label, variant.framework, spec, layer_x, layer_w, layer_y,
+                           reference.forward(spec, layer_x, layer_w), layer_bound, y, bound, error, ratio)
+        if not ratio <= 1.0:
+            v.failure = _failure_line(label, spec, dtype, y, expected, bound, index, error, ratio)
+            outcome.failures.append(v.failure)
+        outcome.variants.append(v)
+        if claim.relation == "differ" and variant is not claim.variants[0]:
+            gap = bound_ratio(ref_y, target[0], error_bound(spec.reduction_length, target[1], dtype))[1]
+            outcome.separation = gap if outcome.separation is None else min(outcome.separation, gap)
+            if not gap > 1.0:
+                outcome.failures.append(f"{label} does not differ from {claim.variants[0].label(dims)} on this "
+                                        f"input: the gap is only {gap:.3g}x the {dtype} error bound")
+    return outcome
 
 
 def _finite(value: float) -> float | None:

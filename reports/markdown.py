@@ -1,0 +1,495 @@
+"""The Markdown summary (report.md) and the view helpers the HTML writer shares with it.
+
+Every value comes from a report.json that anyone may hand over, and any field beyond the basic
+twelve may be missing or malformed, so every read goes through a defensive getter and every
+missing value is shown as "–".
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+MISSING = "–"
+
+STATUS_ICON = {
+    "passed": "✅",
+    "failed": "❌",
+    "skipped": "⏭",
+    "error": "💥",
+    "xfailed": "❎",
+}
+# Worst first: a matrix cell that gathers several results shows the worst of them; a skip only
+# shows when nothing in the cell ran.
+STATUS_SEVERITY = ("error", "failed", "xfailed", "passed", "skipped")
+STATUS_ORDER = ("passed", "failed", "skipped", "error", "xfailed")
+DTYPE_ORDER = ("float64", "float32", "float16", "bfloat16")
+CHECK_ORDER = ("forward", "gradient", "depth", "init", "params", "speed")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text through a temporary file in the same folder and rename it into place.
+
+    Same idea as reports.schema.write_json_atomic: a reader (a browser, a CI upload step) never
+    sees a half-written page.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        # mkstemp creates 0600; reports are meant to be read by others (CI artifacts, web servers).
+        mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
+        os.chmod(tmp, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+# --------------------------------------------------------------------------- defensive getters
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def text(value: Any) -> str:
+    """A display string for any JSON value; None becomes "–"."""
+    if value is None:
+        return MISSING
+    if isinstance(value, str):
+        return value if value else MISSING
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return format_number(value)
+    try:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def to_float(value: Any) -> float | None:
+    """A finite-or-infinite float, or None for missing, NaN and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def format_number(value: Any) -> str:
+    """Short human form: 0.031, 4.2, 1.2e-07; "–" for missing; non-numbers shown as text."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value == 0:
+        return "0"
+    return f"{value:.3g}"
+
+
+def format_duration(value: Any) -> str:
+    seconds = to_float(value)
+    if seconds is None:
+        return MISSING
+    return f"{seconds:.2f} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def status_of(result: dict[str, Any]) -> str:
+    status = result.get("status")
+    return status if isinstance(status, str) and status else "unknown"
+
+
+def status_icon(status: str) -> str:
+    return STATUS_ICON.get(status, "❔")
+
+
+def worst_status(statuses: Iterable[str]) -> str:
+    found = list(statuses)
+    for status in STATUS_SEVERITY:
+        if status in found:
+            return status
+    return found[0] if found else "unknown"
+
+
+def _rank(order: tuple[str, ...], value: str) -> tuple[int, str]:
+    return (order.index(value), "") if value in order else (len(order), value)
+
+
+# --------------------------------------------------------------------------- shared view model
+
+def claim_order(report: dict[str, Any]) -> list[str]:
+    """Claim ids: the declared ones first, in declaration order, then any only seen in results."""
+    order = [str(claim) for claim in as_dict(report.get("claims"))]
+    for result in results_of(report):
+        claim = text(result.get("claim"))
+        if claim not in order:
+            order.append(claim)
+    return order
+
+
+def results_of(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [result for result in as_list(report.get("results")) if isinstance(result, dict)]
+
+
+def relation_of(report: dict[str, Any], result: dict[str, Any]) -> str:
+    relation = result.get("relation")
+    if not isinstance(relation, str) or not relation:
+        relation = as_dict(as_dict(report.get("claims")).get(text(result.get("claim")))).get("relation")
+    return relation if isinstance(relation, str) and relation else MISSING
+
+
+def summary_counts(report: dict[str, Any]) -> dict[str, int]:
+    """The report's own summary when it has one, else counted from the results."""
+    given = as_dict(report.get("summary"))
+    counts: dict[str, int] = {}
+    if given:
+        for status, count in given.items():
+            if isinstance(count, int) and not isinstance(count, bool):
+                counts[str(status)] = count
+    else:
+        for result in results_of(report):
+            status = status_of(result)
+            counts[status] = counts.get(status, 0) + 1
+    for status in ("passed", "failed", "skipped", "error"):
+        counts.setdefault(status, 0)
+    ordered = {status: counts[status] for status in STATUS_ORDER if status in counts}
+    ordered.update({status: count for status, count in counts.items() if status not in ordered})
+    return ordered
+
+
+def variant_label(variant: str, result: dict[str, Any]) -> str:
+    """Keras runs under several backends; the backend is part of what was tested."""
+    backend = result.get("keras_backend")
+    if isinstance(backend, str) and backend and variant.startswith("keras"):
+        return f"{variant} [{backend}]"
+    return variant
+
+
+def _column_of(result: dict[str, Any], several_devices: bool) -> str:
+    dtype = text(result.get("dtype"))
+    return f"{dtype} · {text(result.get('device'))}" if several_devices else dtype
+
+
+def _variant_ratio(result: dict[str, Any], variant: str) -> float | None:
+    own = as_dict(as_dict(result.get("per_variant")).get(variant))
+    if "max_bound_ratio" in own:
+        return to_float(own.get("max_bound_ratio"))
+    return to_float(result.get("max_bound_ratio"))
+
+
+def build_matrix(report: dict[str, Any]) -> dict[str, Any]:
+    """Claim x check x variant rows, dtype (and device, when several) columns.
+
+    Returns {"columns": [...], "rows": [{claim, check, relation, variant, cells: {column: cell}}]}
+    where a cell is {status, ratio, nodeids}; several results landing in one cell (parametrised
+    tests, merged shards) show the worst status and the largest bound ratio.
+    """
+    results = results_of(report)
+    devices = {text(result.get("device")) for result in results}
+    several_devices = len(devices) > 1
+    columns: list[str] = []
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    claims = as_dict(report.get("claims"))
+    for result in results:
+        claim = text(result.get("claim"))
+        check = text(result.get("check"))
+        column = _column_of(result, several_devices)
+        if column not in columns:
+            columns.append(column)
+        skipped = as_dict(result.get("skipped_variants"))
+        variants = [str(v) for v in as_list(result.get("variants"))]
+        variants += [str(v) for v in skipped if str(v) not in variants]
+        entries: list[tuple[str, str, float | None]] = []
+        for variant in variants:
+            if variant in skipped:
+                entries.append((variant, "skipped", None))
+            else:
+                entries.append((variant, status_of(result), _variant_ratio(result, variant)))
+        if not entries:
+            # Nothing ran (typically a whole-test skip): mark every variant the claim declares.
+            declared = [str(v) for v in as_list(as_dict(claims.get(claim)).get("variants"))] or ["(all)"]
+            entries = [(variant, status_of(result), to_float(result.get("max_bound_ratio"))) for variant in declared]
+        for variant, status, ratio in entries:
+            label = variant_label(variant, result)
+            key = (claim, check, label)
+            row = rows.setdefault(key, {
+                "claim": claim, "check": check, "variant": label, "base_variant": variant,
+                "relation": relation_of(report, result), "cells": {},
+            })
+            cell = row["cells"].setdefault(column, {"statuses": [], "ratio": None, "nodeids": []})
+            cell["statuses"].append(status)
+            if ratio is not None and (cell["ratio"] is None or ratio > cell["ratio"]):
+                cell["ratio"] = ratio
+            nodeid = text(result.get("nodeid"))
+            if nodeid not in cell["nodeids"]:
+                cell["nodeids"].append(nodeid)
+    for row in rows.values():
+        for cell in row["cells"].values():
+            cell["status"] = worst_status(cell.pop("statuses"))
+    claim_rank = {claim: index for index, claim in enumerate(claim_order(report))}
+
+    def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+        declared = [str(v) for v in as_list(as_dict(claims.get(row["claim"])).get("variants"))]
+        variant_rank = declared.index(row["base_variant"]) if row["base_variant"] in declared else len(declared)
+        return (claim_rank.get(row["claim"], len(claim_rank)), _rank(CHECK_ORDER, row["check"]),
+                variant_rank, row["variant"])
+
+    def column_key(column: str) -> tuple[Any, ...]:
+        dtype, _, device = column.partition(" · ")
+        return (_rank(DTYPE_ORDER, dtype), device)
+
+    return {"columns": sorted(columns, key=column_key), "rows": sorted(rows.values(), key=row_key)}
+
+
+def skipped_entries(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Every skip: whole skipped results and single skipped variants, with their reasons."""
+    entries = []
+    for result in results_of(report):
+        nodeid = text(result.get("nodeid"))
+        if status_of(result) == "skipped":
+            entries.append({"nodeid": nodeid, "claim": text(result.get("claim")), "variant": "(whole test)",
+                            "reason": text(result.get("reason"))})
+        for variant, reason in as_dict(result.get("skipped_variants")).items():
+            entries.append({"nodeid": nodeid, "claim": text(result.get("claim")),
+                            "variant": variant_label(str(variant), result), "reason": text(reason)})
+    return entries
+
+
+def counterexample_of(result: dict[str, Any]) -> dict[str, str] | None:
+    example = as_dict(result.get("counterexample"))
+    if not example:
+        return None
+    return {key: value for key in ("npz", "script", "command")
+            if isinstance(value := example.get(key), str) and value}
+
+
+def environment_rows(environment: Any) -> dict[str, Any]:
+    """The environment fingerprint as display strings, tolerant of any missing part."""
+    env = as_dict(environment)
+    frameworks = [(str(name), "not installed" if version is None else text(version))
+                  for name, version in as_dict(env.get("frameworks")).items()]
+    devices = [(str(name), ", ".join(text(d) for d in value) if isinstance(value, list) else text(value))
+               for name, value in as_dict(env.get("devices")).items()]
+    modes = [(str(name), text(value)) for name, value in as_dict(env.get("numeric_modes")).items()]
+    known = {"python", "platform", "cpu", "frameworks", "keras_backend", "devices", "numeric_modes"}
+    general = [("Python", text(env.get("python"))), ("Platform", text(env.get("platform"))),
+               ("CPU", text(env.get("cpu"))), ("Keras backend", text(env.get("keras_backend")))]
+    general += [(str(key), text(value)) for key, value in env.items() if key not in known]
+    return {"general": general, "frameworks": frameworks, "devices": devices, "numeric_modes": modes,
+            "empty": not env}
+
+
+# --------------------------------------------------------------------------- markdown escaping
+
+_MD_SPECIAL = set("\\`*_[]<>|~&#!")
+
+
+def md_escape(value: Any) -> str:
+    """Inline Markdown text: punctuation that could format, link or open HTML is backslash-escaped;
+    newlines become spaces so a table row stays one row."""
+    raw = " ".join(text(value).split())
+    return "".join("\\" + char if char in _MD_SPECIAL else char for char in raw)
+
+
+def md_code(value: Any, in_table: bool = True) -> str:
+    """A code span that survives any content: the fence is longer than any backtick run inside."""
+    raw = " ".join(text(value).split())
+    if in_table:
+        # GFM splits table cells on unescaped pipes even inside code spans.
+        raw = raw.replace("|", "\\|")
+    longest = run = 0
+    for char in raw:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * (longest + 1)
+    pad = " " if raw.startswith("`") or raw.endswith("`") else ""
+    return f"{fence}{pad}{raw}{pad}{fence}"
+
+
+def md_block(value: Any) -> str:
+    """A fenced block for multi-line text such as failure messages, kept verbatim."""
+    raw = text(value)
+    longest = run = 0
+    for char in raw:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{raw.rstrip()}\n{fence}"
+
+
+def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
+    align = align or ["---"] * len(header)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+# --------------------------------------------------------------------------- the document
+
+def _headline(report: dict[str, Any]) -> list[str]:
+    counts = summary_counts(report)
+    complete = report.get("complete")
+    total = sum(counts.values())
+    parts = ", ".join(f"{status_icon(status)} {count} {md_escape(status)}" for status, count in counts.items())
+    if complete is True:
+        state = "**Complete run**"
+    elif complete is False:
+        state = ("⚠️ **Incomplete run**: not every test finished; missing results are not failures, "
+                 "re-run to get them")
+    else:
+        state = "**Completeness unknown** (the report does not say)"
+    verdict = ("**Some checks failed.**" if counts.get("failed") or counts.get("error")
+               else "All checks that ran passed." if total else "No results recorded.")
+    lines = [state, "", f"{total} results: {parts}", "", verdict]
+    created = report.get("created")
+    if created is not None:
+        lines += ["", f"Created {md_escape(created)}"]
+    return lines
+
+
+def _matrix_section(report: dict[str, Any]) -> list[str]:
+    matrix = build_matrix(report)
+    lines = ["## Matrix", ""]
+    if not matrix["rows"]:
+        return lines + ["No results recorded."]
+    lines += ["Each cell: status and the largest bound ratio (max |y − y_ref| / derived bound; below 1 passes).", ""]
+    header = ["Claim", "Check", "Variant"] + [md_escape(column) for column in matrix["columns"]]
+    rows = []
+    for row in matrix["rows"]:
+        claim = md_code(row["claim"]) + (" (differ)" if row["relation"] == "differ" else "")
+        cells = []
+        for column in matrix["columns"]:
+            cell = row["cells"].get(column)
+            if cell is None:
+                cells.append(" ")
+                continue
+            ratio = "" if cell["status"] == "skipped" else " " + format_number(cell["ratio"])
+            cells.append(status_icon(cell["status"]) + ratio)
+        rows.append([claim, md_escape(row["check"]), md_code(row["variant"])] + cells)
+    lines += _table(header, rows, ["---", "---", "---"] + [":---:"] * len(matrix["columns"]))
+    legend = ", ".join(f"{icon} {status}" for status, icon in STATUS_ICON.items())
+    return lines + ["", f"Legend: {legend}; an empty cell was not run."]
+
+
+def _differ_section(report: dict[str, Any]) -> list[str]:
+    differ = [result for result in results_of(report) if relation_of(report, result) == "differ"]
+    if not differ:
+        return []
+    lines = ["## Claims that two computations differ", "",
+             "Separation: over all examples, the smallest distance between the two computations in bound "
+             "units; above 1 they really differ (the difference is not rounding noise).", ""]
+    rows = []
+    for result in differ:
+        rows.append([md_code(result.get("nodeid")), md_code(result.get("claim")),
+                     ", ".join(md_code(v) for v in as_list(result.get("variants"))) or MISSING,
+                     md_escape(result.get("dtype")), md_escape(result.get("device")),
+                     md_escape(result.get("keras_backend")),
+                     f"{status_icon(status_of(result))} {md_escape(status_of(result))}",
+                     md_escape(result.get("separation")), md_escape(result.get("max_bound_ratio"))])
+    return lines + _table(["Test", "Claim", "Variants", "dtype", "Device", "Keras backend", "Status",
+                           "Separation", "Max bound ratio"], rows)
+
+
+def _failures_section(report: dict[str, Any]) -> list[str]:
+    failed = [result for result in results_of(report) if status_of(result) in ("failed", "error")]
+    if not failed:
+        return []
+    lines = ["## Failures", ""]
+    for result in failed:
+        lines += [f"### {status_icon(status_of(result))} {md_code(result.get('nodeid'), in_table=False)}", "",
+                  f"- Claim: {md_code(result.get('claim'), in_table=False)}, check {md_escape(result.get('check'))}, "
+                  f"{md_escape(result.get('dtype'))} on {md_escape(result.get('device'))}"
+                  + (f", Keras backend {md_escape(result.get('keras_backend'))}"
+                     if result.get("keras_backend") else ""),
+                  f"- Max bound ratio {md_escape(result.get('max_bound_ratio'))}, "
+                  f"max abs error {md_escape(result.get('max_abs_error'))}, "
+                  f"examples {md_escape(result.get('examples'))}"]
+        worst = [(variant, as_dict(values).get("max_bound_ratio"))
+                 for variant, values in as_dict(result.get("per_variant")).items()]
+        if worst:
+            lines.append("- Per variant: " + ", ".join(
+                f"{md_code(variant, in_table=False)} {md_escape(ratio)}" for variant, ratio in worst))
+        example = counterexample_of(result)
+        if example:
+            if "command" in example:
+                lines.append(f"- Reproduce: {md_code(example['command'], in_table=False)}")
+            files = [md_code(example[key], in_table=False) for key in ("npz", "script") if key in example]
+            if files:
+                lines.append("- Counterexample files: " + ", ".join(files))
+        lines += ["", md_block(result.get("reason")), ""]
+    return lines[:-1]
+
+
+def _skips_section(report: dict[str, Any]) -> list[str]:
+    entries = skipped_entries(report)
+    if not entries:
+        return []
+    rows = [[md_code(e["nodeid"]), md_code(e["variant"]), md_escape(e["reason"])] for e in entries]
+    return ["## Skips", ""] + _table(["Test", "Variant", "Reason"], rows)
+
+
+def _environment_lines(environment: Any) -> list[str]:
+    env = environment_rows(environment)
+    if env["empty"]:
+        return ["No environment recorded."]
+    lines = [f"- {md_escape(name)}: {md_escape(value)}" for name, value in env["general"]]
+    for title, key in (("Frameworks", "frameworks"), ("Devices", "devices"), ("Numeric modes", "numeric_modes")):
+        if env[key]:
+            lines += ["", f"{title}:", ""]
+            lines += _table(["Name", "Value"], [[md_code(name), md_escape(value)] for name, value in env[key]])
+    return lines
+
+
+def _environment_section(report: dict[str, Any]) -> list[str]:
+    lines = ["## Environment", ""] + _environment_lines(report.get("environment"))
+    for shard in as_list(report.get("shards")):
+        shard = as_dict(shard)
+        lines += ["", f"### Shard {md_escape(shard.get('name'))}", ""]
+        lines += _environment_lines(shard.get("environment"))
+    return lines
+
+
+def _claims_section(report: dict[str, Any]) -> list[str]:
+    claims = as_dict(report.get("claims"))
+    if not claims:
+        return []
+    rows = []
+    for claim_id, claim in claims.items():
+        claim = as_dict(claim)
+        rows.append([md_code(claim_id), md_escape(claim.get("title")), md_escape(claim.get("relation")),
+                     md_escape(claim.get("source")),
+                     ", ".join(md_code(v) for v in as_list(claim.get("variants"))) or MISSING])
+    return ["## Claims", ""] + _table(["Claim", "Title", "Relation", "Source", "Variants"], rows)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: what a reviewer reads in a pull request."""
+    report = as_dict(report)
+    sections = [["# Layer conformance report", ""] + _headline(report), _matrix_section(report),
+                _differ_section(report), _failures_section(report), _skips_section(report),
+                _claims_section(report), _environment_section(report)]
+    return "\n\n".join("\n".join(section) for section in sections if section) + "\n"
+
+
+def write_markdown(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    return write_text_atomic(path, render_markdown(report))

@@ -1,0 +1,244 @@
+"""Plots for the HTML report, returned as PNG bytes or data: URIs so the page stays self-contained.
+
+matplotlib is imported inside the functions: importing the reports package (the pytest plugin, the
+CLI) must stay cheap and must not pick a GUI backend. Figures are built with the object API, not
+pyplot, so no global figure state leaks between calls.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Any
+
+DTYPE_COLOURS = {"float64": "tab:blue", "float32": "tab:orange", "float16": "tab:green", "bfloat16": "tab:red"}
+OTHER_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+# A spread wider than this many times between the smallest and largest positive value gets a log axis.
+LOG_SPAN = 100.0
+HIST_BINS = 40
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=96, layout="constrained")
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    # No Software/date metadata: the same report gives the same bytes.
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _label(value: Any, limit: int = 70) -> str:
+    """Text from a report, made safe for matplotlib: '$' would start mathtext and can fail to parse."""
+    raw = " ".join(str(value).split()) if value is not None else "–"
+    if len(raw) > limit:
+        raw = raw[: limit - 1] + "…"
+    return raw.replace("$", r"\$")
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _series_key(result: dict[str, Any], several_devices: bool) -> str:
+    dtype = result.get("dtype")
+    key = str(dtype) if dtype is not None else "–"
+    if several_devices:
+        key += f" · {result.get('device')}"
+    return key
+
+
+def _colour(key: str, index: int) -> str:
+    return DTYPE_COLOURS.get(key.split(" · ")[0], OTHER_COLOURS[index % len(OTHER_COLOURS)])
+
+
+def _samples(result: dict[str, Any]) -> dict[str, list[Any]]:
+    samples = result.get("samples")
+    if not isinstance(samples, dict):
+        return {}
+    return {key: value for key, value in samples.items() if isinstance(value, list)}
+
+
+def _series(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Results grouped into plot series by dtype (and device when several were used)."""
+    results = [result for result in results if isinstance(result, dict)]
+    several_devices = len({result.get("device") for result in results}) > 1
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        groups.setdefault(_series_key(result, several_devices), []).append(result)
+    return groups
+
+
+def _note(ax: Any, lines: list[str]) -> None:
+    # Above the axes, not inside: a box in the corner would hide exactly the outliers that matter.
+    if lines:
+        ax.set_title("; ".join(lines), fontsize=8, loc="right", color="#444444")
+
+
+def _legend(fig: Any, axes: list[Any]) -> None:
+    """One legend for the figure, outside the axes so it covers no points."""
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+
+
+def bound_ratio_histogram(results: list[dict[str, Any]], title: str = "") -> bytes | None:
+    """Distribution of the per-example bound ratio, one outline per dtype; None without samples.
+
+    Zeros cannot sit on a log axis and infinities in no bin: they are counted in a note instead.
+    """
+    import numpy as np
+
+    series: dict[str, list[float]] = {}
+    zeros = infinite = 0
+    for key, group in _series(results).items():
+        values = []
+        for result in group:
+            for raw in _samples(result).get("bound_ratio", []):
+                if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isinf(raw):
+                    infinite += 1
+                    continue
+                value = _finite(raw)
+                if value is not None:
+                    values.append(value)
+        if values:
+            series[key] = values
+    if not series:
+        return None
+    every = np.concatenate([np.asarray(values) for values in series.values()])
+    positive = every[every > 0]
+    # The bound (ratio 1) is always drawn, so it counts towards the spread: ratios of 1e-3 belong on a
+    # log axis next to it, not squeezed into the left edge of a linear one.
+    log_x = bool(every.min() >= 0 and positive.size > 0
+                 and max(positive.max(), 1.0) / min(positive.min(), 1.0) > LOG_SPAN)
+    if log_x:
+        zeros = int((every == 0).sum())
+        low, high = positive.min(), max(positive.max(), 1.0)
+        edges = np.logspace(math.log10(low), math.log10(high), HIST_BINS + 1)
+    else:
+        edges = np.histogram_bin_edges(every, bins=HIST_BINS)
+
+    fig = _figure(7.5, 3.8)
+    ax = fig.add_subplot()
+    for index, (key, values) in enumerate(series.items()):
+        data = np.asarray(values)
+        if log_x:
+            data = data[data > 0]
+        ax.hist(data, bins=edges, histtype="step", linewidth=1.6, color=_colour(key, index),
+                label=f"{_label(key)} (n={len(values)})")
+    ax.axvline(1.0, color="crimson", linestyle="--", linewidth=1.2, label="bound (ratio 1)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("bound ratio = |y − y_ref| / derived bound" + (" (log scale)" if log_x else ""))
+    ax.set_ylabel("examples")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(_label(title, 90), fontsize=10)
+    notes = []
+    if zeros:
+        notes.append(f"{zeros} exactly 0 not shown (log axis)")
+    if infinite:
+        notes.append(f"{infinite} infinite not shown")
+    _note(ax, notes)
+    _legend(fig, [ax])
+    return _png(fig)
+
+
+def _pairs(group: list[dict[str, Any]], metric: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for result in group:
+        samples = _samples(result)
+        for k, y in zip(samples.get("reduction_length", []), samples.get(metric, [])):
+            k, y = _finite(k), _finite(y)
+            if k is not None and y is not None:
+                xs.append(k)
+                ys.append(y)
+    return xs, ys
+
+
+def error_vs_length(results: list[dict[str, Any]], title: str = "") -> bytes | None:
+    """Bound ratio and absolute error against the reduction length K, one colour per dtype.
+
+    One panel per metric that has data; None when no example recorded both K and an error.
+    Axes go logarithmic when the values are positive and spread over orders of magnitude.
+    """
+    groups = _series(results)
+    panels = []
+    for metric, ylabel in (("bound_ratio", "bound ratio"), ("abs_error", "max |y − y_ref|")):
+        data = {key: _pairs(group, metric) for key, group in groups.items()}
+        data = {key: pair for key, pair in data.items() if pair[0]}
+        if data:
+            panels.append((metric, ylabel, data))
+    if not panels:
+        return None
+
+    fig = _figure(7.5 if len(panels) == 1 else 11.0, 3.8)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (metric, ylabel, data) in zip(axes, panels):
+        xs_all = [x for xs, _ in data.values() for x in xs]
+        ys_all = [y for _, ys in data.values() for y in ys]
+        positive_x = [x for x in xs_all if x > 0]
+        positive_y = [y for y in ys_all if y > 0]
+        log_x = len(positive_x) == len(xs_all) and max(positive_x) / min(positive_x) >= 10
+        log_y = (min(ys_all) >= 0 and bool(positive_y)
+                 and max(positive_y + ([1.0] if metric == "bound_ratio" else [])) / min(positive_y) > LOG_SPAN)
+        hidden = 0
+        for index, (key, (xs, ys)) in enumerate(data.items()):
+            if log_y:
+                kept = [(x, y) for x, y in zip(xs, ys) if y > 0]
+                hidden += len(xs) - len(kept)
+                xs, ys = [x for x, _ in kept], [y for _, y in kept]
+            ax.scatter(xs, ys, s=12, alpha=0.6, color=_colour(key, index), label=_label(key), edgecolors="none")
+        if metric == "bound_ratio":
+            ax.axhline(1.0, color="crimson", linestyle="--", linewidth=1.2, label="bound")
+        if log_x:
+            ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel("reduction length K" + (" (log)" if log_x else ""))
+        ax.set_ylabel(ylabel + (" (log)" if log_y else ""))
+        ax.grid(True, which="major", alpha=0.3)
+        _note(ax, [f"{hidden} exactly 0 not shown (log axis)"] if hidden else [])
+    _legend(fig, list(axes))
+    if title:
+        fig.suptitle(_label(title, 110), fontsize=10)
+    return _png(fig)
+
+
+def claim_plots(results: list[dict[str, Any]], title: str = "") -> dict[str, Any]:
+    """Both plots for one claim as data: URIs (None where there is nothing to draw).
+
+    A plot that fails to draw must not cost the whole report: its error is returned instead.
+    """
+    plots: dict[str, Any] = {"histogram": None, "scatter": None, "errors": []}
+    for name, draw in (("histogram", bound_ratio_histogram), ("scatter", error_vs_length)):
+        try:
+            png = draw(results, title)
+        except Exception as exc:  # noqa: BLE001 - report data is arbitrary; keep the rest of the page
+            plots["errors"].append(f"{name}: {exc.__class__.__name__}: {exc}")
+            continue
+        if png is not None:
+            plots[name] = png_data_uri(png)
+    return plots
