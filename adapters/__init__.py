@@ -6,7 +6,6 @@ and a framework that is missing or broken only disables its own adapter (with th
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from .base import Adapter, Layer, UnavailableAdapter
 from .spec import DTYPES, LayerSpec, SpecError, Weights

@@ -155,6 +155,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (run, "run the suites (per Keras backend), merge, write report.json/.md/.html"),
     "compare": (_delegate("reports.compare"), "diff two reports; exit 1 on regression (upgrade gate)"),
     "merge": (_delegate("reports.merge"), "join shard reports into one"),
+    "repro": (_delegate("reports.repro"), "re-run a saved failing example"),
 }
 
 

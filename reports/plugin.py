@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin = ConformancePlugin(config)
     config.stash[_PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "conformance-report")
+    if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when pytest-xdist is active
+        config.pluginmanager.register(_XdistHooks(plugin), "conformance-report-xdist")
 
 
 def base_environment() -> dict[str, Any]:
@@ -136,12 +137,9 @@ class ConformancePlugin:
             elif report.failed and not row.get("reason"):
                 row["reason"] = _first_lines(report.longreprtext)
 
-    def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """xdist controller: take the environment facts a worker gathered."""
-        env = getattr(node, "workeroutput", {}).get("conformance_environment")
-        if env:
-            self.environment["devices"].update(env.get("devices", {}))
-            self.environment["numeric_modes"].update(env.get("numeric_modes", {}))
+    def take_worker_environment(self, env: dict[str, Any]) -> None:
+        self.environment["devices"].update(env.get("devices", {}))
+        self.environment["numeric_modes"].update(env.get("numeric_modes", {}))
 
     def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
         self.interrupted = True
@@ -178,6 +176,17 @@ class ConformancePlugin:
         where = f"; report: {self.path}" if self.path else ""
         terminalreporter.write_line(
             "conformance: " + ", ".join(f"{v} {k}" for k, v in summary.items() if v) + where)
+
+
+class _XdistHooks:
+    def __init__(self, plugin: ConformancePlugin):
+        self.plugin = plugin
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist controller: take the environment facts a worker gathered."""
+        env = getattr(node, "workeroutput", {}).get("conformance_environment")
+        if env:
+            self.plugin.take_worker_environment(env)
 
 
 _ORDER = ("nodeid", "claim", "title", "relation", "check", "variants", "skipped_variants", "keras_backend", "dtype",

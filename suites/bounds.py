@@ -25,8 +25,13 @@ def gamma(n: int, u: float) -> float:
 
 
 def error_bound(reduction_length: int, magnitude: np.ndarray, dtype: str, u_eff: float | None = None) -> np.ndarray:
-    """Elementwise bound on |y - y_ref| for outputs with this magnitude (float64 array)."""
-    n = reduction_length + 1
+    """Elementwise bound on |y - y_ref| for a layer output: K products plus the bias."""
+    return sum_bound(reduction_length + 1, magnitude, dtype, u_eff)
+
+
+def sum_bound(terms: int, magnitude: np.ndarray, dtype: str, u_eff: float | None = None) -> np.ndarray:
+    """Elementwise bound for a sum of `terms` products whose absolute values sum to `magnitude`."""
+    n = max(int(terms), 1)
     u = UNIT_ROUNDOFF[dtype] if u_eff is None else u_eff
     coefficient = gamma(n, u) + gamma(n, UNIT_ROUNDOFF["float64"])
     return coefficient * np.asarray(magnitude, dtype=np.float64) + n * SMALLEST_NORMAL[dtype]

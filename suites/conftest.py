@@ -26,9 +26,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     required = set(config.getoption("--conformance-require"))
     claims = [claim for claim in CLAIMS if relation in (None, claim.relation)
               and (not required or required & {v.framework for v in claim.variants})]
-    cases = [Case(claim, dtype, device) for claim in claims
-             for dtype in config.getoption("--conformance-dtypes")
-             for device in config.getoption("--conformance-devices")]
+    # a check may declare the dtypes/devices it is defined for (e.g. initializers: float32 on cpu)
+    dtypes = [d for d in config.getoption("--conformance-dtypes") if d in getattr(metafunc.function, "dtypes", [d])]
+    devices = [d for d in config.getoption("--conformance-devices")
+               if d in getattr(metafunc.function, "devices", [d])]
+    cases = [Case(claim, dtype, device) for claim in claims for dtype in dtypes for device in devices]
     metafunc.parametrize("runner", cases, ids=[case.id for case in cases], indirect=True)
 
 

@@ -119,6 +119,39 @@ class ClaimRunner:
                 message += f"\n  reproduce: {self.record['counterexample']['command']}"
             raise AssertionError(message)
 
+    def gradient_example(self, data: st.DataObject) -> None:
+        """VJPs w.r.t. input, kernel and bias of every variant against the reference of variants[0]."""
+        __tracebackhide__ = True
+        from suites.gradients import compare, variant_gradients
+
+        claim, dtype, device = self.case
+        dims, x, weights, style = self.draw(data)
+        out_shape = evaluate_reference(claim.variants[0], dims, x, weights)[0].shape
+        seed = data.draw(st.integers(0, 2 ** 32 - 1), label="cotangent seed")
+        cotangent = random_array(np.random.default_rng(seed), out_shape, "normal", dtype)
+        expected = None
+        failures, worst = [], (0.0, 0.0)
+        for variant in self.runnable:
+            spec = variant.spec(dims)
+            reason = get_adapter(variant.framework).supports(spec, dtype, device)
+            if reason:
+                self.skipped[f"{variant.label(dims)} (some examples)"] = reason
+                continue
+            grads = variant_gradients(variant, dims, x, weights, cotangent, dtype, device)
+            expected = expected or grads["reference"]
+            for name, (error, ratio, index) in compare(grads, expected).items():
+                label = f"{variant.label(dims)} d{name}"
+                self._note(label, error, ratio)
+                worst = max(worst, (ratio, error))
+                if not ratio <= 1.0:
+                    failures.append(f"{label} exceeds the error bound: max error {error:.3g} is {ratio:.3g}x the "
+                                    f"bound at index {index} (got {grads['framework'][name][index]:.9g}, reference "
+                                    f"{expected[name][index]:.9g}); layer {spec.describe()}")
+        self._note_sample(worst, claim.variants[0].spec(dims).reduction_length)
+        if failures:
+            raise AssertionError(f"claim {claim.id} [{dtype}, {device}] gradient: {claim.title}\n  "
+                                 + "\n  ".join(failures) + f"\n  dims={_describe_dims(dims)}, data style={style}")
+
     def frameworks_used(self) -> set[str]:
         return {v.framework for v in self.runnable}
 
