@@ -47,13 +47,22 @@ def _keras_device(device: str) -> str:
 
 
 class KerasLayer(Layer):
-    def _call(self, x: Any) -> Any:
+    def _pad(self, x: Any) -> Any:
         spec = self.spec
         if spec.kind == "conv" and spec.padding != "same":
             pairs = spec.explicit_padding(tuple(x.shape[1:-1]))
             if any(lo or hi for lo, hi in pairs):
                 x = keras.ops.pad(x, [(0, 0), *pairs, (0, 0)])
-        return self.native(x)
+        return x
+
+    def _call(self, x: Any) -> Any:
+        return self.native(self._pad(x))
+
+    def _stateless(self, x: Any, trainable: list[Any]) -> Any:
+        """The layer as a pure function of its variables (what jax.vjp and torch.autograd need)."""
+        non_trainable = [v.value for v in self.native.non_trainable_variables]
+        y, _ = self.native.stateless_call(trainable, non_trainable, self._pad(x))
+        return y
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         with keras.device(_keras_device(self.device)):
@@ -89,37 +98,19 @@ def _vjp_tensorflow(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, lis
 
 def _vjp_jax(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:
     trainable = [v.value for v in layer.native.trainable_variables]
-    non_trainable = [v.value for v in layer.native.non_trainable_variables]
-
-    def run(inputs: Any, params: list[Any]) -> Any:
-        stateless = _StatelessCall(layer, params, non_trainable)
-        return stateless(inputs)
-
-    _, pullback = jax.vjp(run, x, trainable)
+    _, pullback = jax.vjp(layer._stateless, x, trainable)
     dx, dvars = pullback(cotangent)
     return dx, list(dvars)
 
 
-class _StatelessCall:
-    """Calls the Keras layer with the given variable values (Keras' functional API for JAX)."""
-
-    def __init__(self, layer: KerasLayer, trainable: list[Any], non_trainable: list[Any]):
-        self.layer, self.trainable, self.non_trainable = layer, trainable, non_trainable
-
-    def __call__(self, x: Any) -> Any:
-        native = self.layer.native
-        with keras.StatelessScope(state_mapping=list(zip(native.trainable_variables, self.trainable))):
-            return self.layer._call(x)
-
-
 def _vjp_torch(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:
-    params = [v.value for v in layer.native.trainable_variables]
-    for p in params:
-        p.grad = None
+    import torch
+
     x = x.detach().requires_grad_(True)
-    y = layer._call(x)
-    y.backward(cotangent)
-    return x.grad, [p.grad for p in params]
+    trainable = [v.value.detach().requires_grad_(True) for v in layer.native.trainable_variables]
+    y = layer._stateless(x, trainable)
+    dx, *dvars = torch.autograd.grad(y, [x, *trainable], grad_outputs=cotangent)
+    return dx, dvars
 
 
 _BACKEND_VJP = {"tensorflow": _vjp_tensorflow, "jax": _vjp_jax, "torch": _vjp_torch}

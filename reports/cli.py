@@ -60,7 +60,9 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def _pytest_command(args: argparse.Namespace, shard: Path, backend: str | None, first: bool) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites"), "--rootdir", str(ROOT), "-q",
-           "--conformance-report", str(shard), "-p", "no:cacheprovider"]
+           "--conformance-report", str(shard), "-p", "no:cacheprovider",
+           # next to the merged report, so its relative links resolve from the output folder
+           "--conformance-counterexamples", str(shard.parent.parent / "counterexamples")]
     if args.profile:
         cmd += ["--hypothesis-profile", args.profile]
     for option in ("frameworks", "dtypes", "devices"):

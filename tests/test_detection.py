@@ -139,3 +139,22 @@ def test_claim_skips_with_the_missing_framework_named(monkeypatch):
     monkeypatch.setitem(adapters._CACHE, "torch", UnavailableAdapter("torch", "torch is not installed", {}))
     with pytest.raises(pytest.skip.Exception, match="torch is not installed"):
         ClaimRunner(Case(CLAIMS_BY_ID["torch-linear-conv1d-k1"], "float32", "cpu"), {})
+
+
+def test_documented_divergence_matches_only_its_configuration(monkeypatch):
+    """keras-torch-float64-matmul covers Keras Dense, float64, torch backend: nothing wider."""
+    import suites.divergences as divergences
+    from adapters.spec import LayerSpec
+
+    dense, conv = LayerSpec.dense(3, 2), LayerSpec.conv(3, 2, 1)
+    for backend, framework, spec, dtype, expected in [
+        ("torch", "keras", dense, "float64", "keras-torch-float64-matmul"),
+        ("torch", "keras", dense, "float32", None),
+        ("torch", "keras", conv, "float64", None),
+        ("jax", "keras", dense, "float64", None),
+        ("tensorflow", "keras", dense, "float64", None),
+        ("torch", "torch", dense, "float64", None),
+    ]:
+        monkeypatch.setattr(divergences, "keras_backend", lambda: backend)
+        found = divergences.divergence_for(framework, spec, dtype)
+        assert (found.id if found else None) == expected, (backend, framework, spec.describe(), dtype)
