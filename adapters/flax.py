@@ -38,10 +38,29 @@ def _numpy(array: Any, dtype: str) -> np.ndarray:
     return canonical(np.asarray(jnp.asarray(array, jnp.float64)), dtype)
 
 
+def _flax_border_pairs(spec: LayerSpec) -> tuple[tuple[int, int], ...]:
+    """What Flax's 'CIRCULAR'/'REFLECT' pad: ((k_d - 1) // 2, k_d // 2) of the dilated kernel, any stride."""
+    return tuple((((k - 1) * d) // 2, ((k - 1) * d + 1) // 2) for k, d in zip(spec.kernel_size, spec.dilation))
+
+
 def _padding(spec: LayerSpec) -> Any:
-    if spec.padding in ("same", "valid"):
+    if spec.padding_mode in ("circular", "reflect"):
+        return spec.padding_mode.upper()
+    if spec.padding in ("same", "valid", "causal"):
         return spec.padding.upper()
     return [tuple(pair) for pair in spec.padding]
+
+
+def _border_reason(spec: LayerSpec) -> str | None:
+    if spec.kind != "conv" or spec.padding_mode == "zeros":
+        return None
+    if spec.padding_mode == "replicate":
+        return "Flax has no replicate (edge) padding"
+    same_stride1 = spec.padding == "same" and all(s == 1 for s in spec.strides)
+    if not same_stride1 and spec.padding != _flax_border_pairs(spec):
+        return (f"Flax '{spec.padding_mode.upper()}' always pads {_flax_border_pairs(spec)}; "
+                f"this layer asks for {spec.padding}")
+    return None
 
 
 def _gpu_devices() -> list[Any]:
@@ -53,6 +72,9 @@ def _gpu_devices() -> list[Any]:
 
 class _FlaxAdapter(Adapter):
     distributions = ("flax", "jax", "jaxlib")
+
+    def _supports(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
+        return _border_reason(spec)
 
     def devices(self) -> list[str]:
         return ["cpu", "gpu"] if _gpu_devices() else ["cpu"]

@@ -5,6 +5,7 @@ and takes channels-last activations, so `_layout` is the identity; it stays the 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -15,7 +16,33 @@ import numpy as np
 from .base import Adapter, Layer, canonical
 from .spec import LayerSpec, Weights
 
-import keras  # noqa: E402  (after the logging switch above)
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL: silence fd 2 for the import only.
+
+    Python exceptions raised by the import are unaffected (they are objects, not stderr output).
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (embedded interpreters): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+with _quiet_native_stderr():
+    import keras  # noqa: E402  (after the logging switch above)
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow  # noqa: F401  (its C++ start-up runs here, while stderr is silenced)
 
 BACKEND = keras.backend.backend()
 if BACKEND == "tensorflow":
@@ -49,7 +76,7 @@ def _keras_device(device: str) -> str:
 class KerasLayer(Layer):
     def _pad(self, x: Any) -> Any:
         spec = self.spec
-        if spec.kind == "conv" and spec.padding != "same":
+        if spec.kind == "conv" and spec.padding not in ("same", "causal"):
             pairs = spec.explicit_padding(tuple(x.shape[1:-1]))
             if any(lo or hi for lo, hi in pairs):
                 x = keras.ops.pad(x, [(0, 0), *pairs, (0, 0)])
@@ -139,6 +166,18 @@ class KerasAdapter(Adapter):
     def _supports(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
         if spec.kind == "conv" and max(spec.strides) > 1 and max(spec.dilation) > 1:
             return "Keras refuses strides > 1 together with dilation_rate > 1"
+        if spec.padding_mode != "zeros":
+            return f"Keras convolutions pad with zeros only (no {spec.padding_mode} padding)"
+        return None
+
+    def native_refusal(self, spec: LayerSpec) -> str | None:
+        """The error Keras raises when asked to build this spec natively."""
+        if spec.kind != "conv":
+            return None
+        try:
+            self._layer(spec.with_(padding_mode="zeros"), "float32")
+        except ValueError as exc:
+            return str(exc)
         return None
 
     def _layer(self, spec: LayerSpec, dtype: str, **init: Any) -> Any:
@@ -146,7 +185,7 @@ class KerasAdapter(Adapter):
             return keras.layers.Dense(spec.out_features, use_bias=spec.bias, dtype=dtype, **init)
         cls = keras.layers.Conv1D if spec.rank == 1 else keras.layers.Conv2D
         return cls(spec.out_features, spec.kernel_size, strides=spec.strides,
-                   padding="same" if spec.padding == "same" else "valid",
+                   padding=spec.padding if spec.padding in ("same", "causal") else "valid",
                    dilation_rate=spec.dilation, groups=spec.groups, use_bias=spec.bias, dtype=dtype, **init)
 
     @staticmethod

@@ -29,9 +29,16 @@ def _dense(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return x @ kernel
 
 
-def _conv(spec: LayerSpec, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+_NUMPY_PAD = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _pad(spec: LayerSpec, x: np.ndarray) -> np.ndarray:
     pads = spec.explicit_padding(x.shape[1:-1])
-    x = np.pad(x, [(0, 0), *pads, (0, 0)])
+    return np.pad(x, [(0, 0), *pads, (0, 0)], mode=_NUMPY_PAD[spec.padding_mode])
+
+
+def _conv(spec: LayerSpec, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    x = _pad(spec, x)
     batch, spatial = x.shape[0], x.shape[1:-1]
     groups, cin_g = spec.groups, spec.in_features // spec.groups
     out_spatial = [(n - (k - 1) * d - 1) // s + 1
@@ -52,6 +59,8 @@ def vjp(spec: LayerSpec, x: np.ndarray, weights: Mapping[str, np.ndarray],
     x64 = np.asarray(x, dtype=np.float64)
     g = np.asarray(cotangent, dtype=np.float64)
     kernel = np.asarray(weights["kernel"], dtype=np.float64)
+    if spec.padding_mode != "zeros" and spec.kind == "conv":
+        raise NotImplementedError("the reference VJP covers zero padding only")
     if spec.kind == "dense":
         dx = g @ kernel.T
         dk = x64.reshape(-1, spec.in_features).T @ g.reshape(-1, spec.out_features)

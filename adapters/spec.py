@@ -12,7 +12,8 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import numpy as np
 
-Padding = Union[Literal["valid", "same"], tuple[tuple[int, int], ...]]
+Padding = Union[Literal["valid", "same", "causal"], tuple[tuple[int, int], ...]]
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")  # what the padded border holds
 Weights = dict[str, np.ndarray]  # {"kernel": ..., "bias": ...}; "bias" absent when bias=False
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -54,6 +55,7 @@ class LayerSpec:
     dilation: tuple[int, ...] = ()
     groups: int = 1
     bias: bool = True
+    padding_mode: str = "zeros"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     # ---- constructors -------------------------------------------------------------------------
@@ -66,14 +68,15 @@ class LayerSpec:
     @classmethod
     def conv(cls, in_features: int, out_features: int, kernel_size: int | Sequence[int], *,
              rank: int | None = None, strides: int | Sequence[int] = 1, padding: Any = "valid",
-             dilation: int | Sequence[int] = 1, groups: int = 1, bias: bool = True) -> "LayerSpec":
+             dilation: int | Sequence[int] = 1, groups: int = 1, bias: bool = True,
+             padding_mode: str = "zeros") -> "LayerSpec":
         if rank is None:
             rank = 1 if isinstance(kernel_size, (int, np.integer)) else len(tuple(kernel_size))
         if rank not in (1, 2):
             raise SpecError(f"Invalid value for argument `rank`: expected 1 or 2 spatial axes. Received rank={rank!r}.")
         spec = cls("conv", int(in_features), int(out_features), _tuple(kernel_size, rank, "kernel_size"),
                    _tuple(strides, rank, "strides"), _normalise_padding(padding, rank),
-                   _tuple(dilation, rank, "dilation"), int(groups), bool(bias))
+                   _tuple(dilation, rank, "dilation"), int(groups), bool(bias), padding_mode)
         spec.validate()
         return spec
 
@@ -105,6 +108,8 @@ class LayerSpec:
         """
         if self.padding == "valid":
             return ((0, 0),) * self.rank
+        if self.padding == "causal":  # Keras/Flax: all of the dilated kernel's reach on the low side
+            return tuple(((k - 1) * d, 0) for k, d in zip(self.kernel_size, self.dilation))
         if self.padding == "same":
             pairs = []
             for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation):
@@ -144,6 +149,11 @@ class LayerSpec:
             if getattr(self, name) % self.groups:
                 raise SpecError(f"Invalid value for argument `groups`: {name}={getattr(self, name)} is not divisible "
                                 f"by groups={self.groups}; choose groups dividing both in_features and out_features.")
+        if self.padding_mode not in PADDING_MODES:
+            raise SpecError(f"Invalid value for argument `padding_mode`: expected one of {', '.join(PADDING_MODES)}. "
+                            f"Received padding_mode={self.padding_mode!r}.")
+        if self.padding == "causal" and self.rank != 1:
+            raise SpecError("Invalid value for argument `padding`: 'causal' is defined for 1-D convolutions only.")
         if not (len(self.strides) == len(self.dilation) == self.rank):
             raise SpecError("kernel_size, strides and dilation must have one entry per spatial axis; "
                             "build conv specs with LayerSpec.conv(...).")
@@ -162,6 +172,9 @@ class LayerSpec:
                             f"{self.in_features}).")
         pads = self.explicit_padding(shape[1:-1])
         for axis, (n, (lo, hi), k, d) in enumerate(zip(shape[1:-1], pads, self.kernel_size, self.dilation)):
+            if self.padding_mode == "reflect" and max(lo, hi) >= n:
+                raise SpecError(f"Invalid value for argument `padding`: reflect padding of {max(lo, hi)} needs more "
+                                f"than {max(lo, hi)} input positions on spatial axis {axis}, got {n}.")
             if n + lo + hi < (k - 1) * d + 1:
                 raise SpecError(f"Invalid value for argument `kernel_size`: the dilated kernel ({(k - 1) * d + 1}) is "
                                 f"larger than the padded input ({n + lo + hi}) on spatial axis {axis}; use a shorter "
@@ -173,6 +186,8 @@ class LayerSpec:
         parts = [f"k={self.kernel_size}", f"s={self.strides}", f"pad={self.padding}", f"d={self.dilation}"]
         if self.groups != 1:
             parts.append(f"groups={self.groups}")
+        if self.padding_mode != "zeros":
+            parts.append(f"mode={self.padding_mode}")
         if not self.bias:
             parts.append("no bias")
         return f"conv{self.rank}d({self.in_features}->{self.out_features}, {', '.join(parts)})"
@@ -181,9 +196,9 @@ class LayerSpec:
 def _normalise_padding(padding: Any, rank: int) -> Padding:
     if isinstance(padding, str):
         lowered = padding.lower()
-        if lowered in ("valid", "same"):
+        if lowered in ("valid", "same", "causal"):
             return lowered  # type: ignore[return-value]
-        raise SpecError(f"Invalid value for argument `padding`: expected 'valid', 'same', an int or (low, high) "
+        raise SpecError(f"Invalid value for argument `padding`: expected 'valid', 'same', 'causal', an int or (low, high) "
                         f"pairs per spatial axis. Received padding={padding!r}.")
     if isinstance(padding, (int, np.integer)):
         pairs = ((int(padding), int(padding)),) * rank

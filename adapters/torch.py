@@ -42,15 +42,18 @@ def _numpy(tensor: torch.Tensor, dtype: str) -> np.ndarray:
     return canonical(tensor.detach().to("cpu", torch.float64).numpy(), dtype)
 
 
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
 def _module_padding(spec: LayerSpec) -> Any:
-    """Padding the torch module takes itself; the rest is applied by F.pad in TorchLayer._pad."""
+    """Padding the torch module takes itself (with its padding_mode); the rest is applied by F.pad."""
     if spec.padding == "same" and all(s == 1 for s in spec.strides):
         return "same"
     if spec.padding == "valid":
         return 0
     if isinstance(spec.padding, tuple) and all(lo == hi for lo, hi in spec.padding):
         return tuple(lo for lo, _ in spec.padding)
-    return 0  # asymmetric pairs, or `same` with strides > 1, which torch refuses
+    return 0  # asymmetric pairs, `causal`, or `same` with strides > 1, which torch refuses
 
 
 class TorchLayer(Layer):
@@ -60,7 +63,7 @@ class TorchLayer(Layer):
             return x
         pairs = spec.explicit_padding(x.shape[2:])
         flat = [p for lo_hi in reversed(pairs) for p in lo_hi]  # F.pad wants the last axis first
-        return F.pad(x, flat) if any(flat) else x
+        return F.pad(x, flat, mode=_PAD_MODES[spec.padding_mode]) if any(flat) else x
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         return self.native(self._pad(_layout(x, "x", self.spec, True)))
@@ -100,7 +103,8 @@ class TorchAdapter(Adapter):
             return torch.nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
         cls = torch.nn.Conv1d if spec.rank == 1 else torch.nn.Conv2d
         return cls(spec.in_features, spec.out_features, spec.kernel_size, stride=spec.strides,
-                   padding=_module_padding(spec), dilation=spec.dilation, groups=spec.groups, bias=spec.bias)
+                   padding=_module_padding(spec), dilation=spec.dilation, groups=spec.groups, bias=spec.bias,
+                   padding_mode=spec.padding_mode)
 
     def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
         module = self._module(spec).to(device=_DEVICES[device], dtype=_DTYPES[dtype])
@@ -113,6 +117,18 @@ class TorchAdapter(Adapter):
     def default_weights(self, spec: LayerSpec, seed: int) -> Weights:
         torch.manual_seed(seed)
         return TorchLayer(self, spec, "float32", "cpu", self._module(spec)).weights()
+
+    def native_refusal(self, spec: LayerSpec) -> str | None:
+        """The error torch raises for this spec with its own keywords (padding='same' and stride > 1)."""
+        if spec.kind != "conv" or spec.padding != "same":
+            return None
+        cls = torch.nn.Conv1d if spec.rank == 1 else torch.nn.Conv2d
+        try:
+            cls(spec.in_features, spec.out_features, spec.kernel_size, stride=spec.strides, padding="same",
+                dilation=spec.dilation, groups=spec.groups)
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     def environment(self) -> dict[str, Any]:
         modes = {

@@ -54,6 +54,7 @@ class Claim:
     dtypes: tuple[str, ...] = DTYPES
     dtype_note: str = ""  # why a dtype is left out, shown as the skip reason
     data_styles: tuple[str, ...] | None = None  # None: all; differ rows need generic (continuous) data
+    checks: tuple[str, ...] = ("forward", "gradient", "params", "init", "depth")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,6 +125,12 @@ _KERAS_FULL_KERNEL = (
 )
 
 
+DIFFER_DTYPES = ("float64", "float32")
+DIFFER_NOTE = ("a differ row shows two computations further apart than the error bound; in half precision the "
+               "worst-case bound (gamma(K+1, u) with u = 2^-11 or 2^-8) comes within reach of the gap on generic "
+               "data (measured: e.g. 0.86x for a 30-term float16 sum), so the row runs in float64 and float32")
+
+
 def _half_precision_note(terms: int) -> str:
     from suites.bounds import UNIT_ROUNDOFF, gamma
 
@@ -141,9 +148,61 @@ def _tied_claim(id: str, title: str, L: int, k: int, s: int, N: int) -> Claim:
          Variant("torch", _tied_conv, x_in=lambda x, d: x[:, :, None], y_out=lambda y, d: y.sum(axis=1),
                  w_map=_tied_weights, how=f"kernel_size={k}, stride={s}, summed over positions")),
         {"B": 2, "L": L, "k": k, "s": s, "N": N},
-        dtypes=("float64", "float32"), data_styles=("normal", "uniform"),
+        dtypes=DIFFER_DTYPES, data_styles=("normal", "uniform"), checks=("forward",),
         dtype_note=_half_precision_note(L),
     )
+
+
+def _xfw_conv(id: str, title: str, source: str, dims: st.SearchStrategy[Dims], example: Dims,
+              frameworks: tuple[str, ...] = FRAMEWORKS, checks: tuple[str, ...] | None = None) -> Claim:
+    extra = {} if checks is None else {"checks": checks}
+    return Claim(id, title, "equal", source, dims, _seq_shape,
+                 tuple(Variant(fw, lambda d: d["spec"]) for fw in frameworks), example, **extra)
+
+
+def _flatten_nchw(x: np.ndarray, d: Dims) -> np.ndarray:
+    """PyTorch: conv features (B, C, H, W).flatten(1): feature index c*H*W + h*W + w."""
+    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+
+def _flatten_nhwc(x: np.ndarray, d: Dims) -> np.ndarray:
+    """Keras/Flax: (B, H, W, C) flattened: feature index h*W*C + w*C + c."""
+    return x.reshape(x.shape[0], -1)
+
+
+def _rows_nchw_to_nhwc(w: Weights, d: Dims) -> Weights:
+    """Move a torch Linear's input rows from NCHW-flatten order to NHWC-flatten order."""
+    kernel = w["kernel"].reshape(d["C"], d["H"], d["W"], d["N"]).transpose(1, 2, 0, 3).reshape(-1, d["N"])
+    return {**w, "kernel": kernel}
+
+
+_FLATTEN_DIMS = st.fixed_dictionaries({"B": st.integers(1, 3), "H": st.integers(1, 4), "W": st.integers(1, 4),
+                                       "C": st.integers(1, 6), "N": st.integers(1, 8)})
+_FLATTEN_DIFFER_DIMS = st.fixed_dictionaries({"B": st.integers(1, 3), "H": st.integers(1, 4), "W": st.integers(2, 4),
+                                              "C": st.integers(2, 6), "N": st.integers(1, 8)})
+
+
+def _flatten_claim(id: str, title: str, relation: str, w_map: Callable[[Weights, Dims], Weights], how: str,
+                   dims: st.SearchStrategy[Dims]) -> Claim:
+    return Claim(
+        id, title, relation, "forum question: porting a CNN head from PyTorch (NCHW flatten) to Keras (NHWC flatten)",
+        dims, lambda d: (d["B"], d["H"], d["W"], d["C"]),
+        (Variant("torch", lambda d: LayerSpec.dense(d["C"] * d["H"] * d["W"], d["N"]), x_in=_flatten_nchw,
+                 how="NCHW flatten"),
+         Variant("keras", lambda d: LayerSpec.dense(d["C"] * d["H"] * d["W"], d["N"]), x_in=_flatten_nhwc,
+                 w_map=w_map, how=how),
+         Variant("flax.linen", lambda d: LayerSpec.dense(d["C"] * d["H"] * d["W"], d["N"]), x_in=_flatten_nhwc,
+                 w_map=w_map, how=how)),
+        {"B": 2, "H": 3, "W": 2, "C": 4, "N": 5},
+        data_styles=None if relation == "equal" else ("normal", "uniform"),
+        checks=("forward", "gradient", "params") if relation == "equal" else ("forward",),
+        **({} if relation == "equal" else {"dtypes": DIFFER_DTYPES, "dtype_note": DIFFER_NOTE}))
+
+
+def _odd_total_same(draw_k: st.SearchStrategy[int]) -> st.SearchStrategy[Dims]:
+    """Stride 2, odd kernel, even length: the `same` total k - 2 is odd, so the halves cannot be equal."""
+    return st.fixed_dictionaries({"B": st.integers(1, 3), "K": st.integers(1, 4), "N": st.integers(1, 4),
+                                  "k": draw_k, "half": st.integers(3, 8)}).map(lambda d: {**d, "L": 2 * d["half"]})
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -217,6 +276,58 @@ CLAIMS: tuple[Claim, ...] = (
           tuple(Variant(fw, lambda d: d["spec"]) for fw in FRAMEWORKS),
           {"spec": LayerSpec.conv(4, 6, (3, 2), padding=((1, 2), (0, 1)), dilation=(1, 2), groups=2),
            "shape": (2, 7, 6, 4)}),
+    _xfw_conv("xfw-conv1d-causal",
+              "causal padding: Keras Conv1D(padding='causal') == Flax Conv(padding='CAUSAL') (linen, nnx) == torch "
+              "Conv1d on F.pad(x, ((k-1)*d, 0)), against the rule 'all of the dilated kernel on the low side'",
+              "Keras and Flax documentation of causal padding",
+              conv_dims(1, paddings=("causal",)),
+              {"spec": LayerSpec.conv(3, 4, 3, padding="causal", dilation=2), "shape": (2, 7, 3)}),
+    _xfw_conv("xfw-conv1d-same-stride2",
+              "stride-2 'same': Keras 'same' == Flax 'SAME' == torch Conv1d on F.pad(x, (lo, hi)) with the odd extra "
+              "on the high side (torch itself refuses padding='same' with stride > 1)",
+              "TF/JAX/Keras 'same' rule: output ceil(n / s), total pad split low = total // 2",
+              conv_dims(1, paddings=("same",), strides=2, max_dilation=1),
+              {"spec": LayerSpec.conv(3, 4, 3, strides=2, padding="same"), "shape": (2, 8, 3)}),
+    _xfw_conv("torch-flax-circular-padding",
+              "circular padding: torch Conv(padding_mode='circular') == Flax Conv(padding='CIRCULAR'), which always "
+              "pads ((k_d - 1) // 2, k_d // 2)", "torch padding_mode and Flax 'CIRCULAR' documentation",
+              st.one_of(conv_dims(1, paddings=("flax-border",), padding_mode="circular"),
+                        conv_dims(2, max_kernel=3, paddings=("flax-border",), padding_mode="circular")),
+              {"spec": LayerSpec.conv(2, 4, 4, padding=((1, 2),), padding_mode="circular"), "shape": (2, 6, 2)},
+              frameworks=("torch", "flax.linen", "flax.nnx"), checks=("forward", "params")),
+    _xfw_conv("torch-flax-reflect-padding",
+              "reflect padding: torch Conv(padding_mode='reflect') == Flax Conv(padding='REFLECT')",
+              "torch padding_mode and Flax 'REFLECT' documentation",
+              st.one_of(conv_dims(1, paddings=("flax-border",), padding_mode="reflect"),
+                        conv_dims(2, max_kernel=3, paddings=("flax-border",), padding_mode="reflect")),
+              {"spec": LayerSpec.conv(2, 4, 3, padding=((1, 1),), padding_mode="reflect"), "shape": (2, 6, 2)},
+              frameworks=("torch", "flax.linen", "flax.nnx"), checks=("forward", "params")),
+    _xfw_conv("torch-replicate-padding",
+              "replicate padding: torch Conv(padding_mode='replicate') repeats the edge value (Keras and Flax have "
+              "no such mode)", "torch padding_mode documentation",
+              conv_dims(1, paddings=("explicit",), padding_mode="replicate"),
+              {"spec": LayerSpec.conv(2, 4, 3, padding=((2, 1),), padding_mode="replicate"), "shape": (2, 6, 2)},
+              frameworks=("torch",), checks=("forward", "params")),
+    _flatten_claim("flatten-nchw-vs-nhwc",
+                   "torch Linear on the NCHW-flattened features == Keras/Flax Dense on the NHWC-flattened features, "
+                   "with the Linear's rows permuted from (C, H, W) to (H, W, C) order",
+                   "equal", _rows_nchw_to_nhwc, "NHWC flatten, rows permuted", _FLATTEN_DIMS),
+    _flatten_claim("differ-flatten-naive-transfer",
+                   "torch Linear on the NCHW-flattened features != Keras/Flax Dense on the NHWC-flattened features "
+                   "when the Linear's weight is transferred without permuting its rows", "differ",
+                   _same, "NHWC flatten, rows as in torch", _FLATTEN_DIFFER_DIMS),
+    Claim("differ-same-stride2-symmetric",
+          "stride-2 'same' (odd extra on the high side) != torch Conv1d(padding=k // 2, stride=2) when the total "
+          "padding is odd (odd kernel, even length)", "differ",
+          "forum question: porting TF/Keras 'same' to PyTorch with padding=k//2",
+          _odd_total_same(st.sampled_from([3, 5])), lambda d: (d["B"], d["L"], d["K"]),
+          (Variant("torch", lambda d: LayerSpec.conv(d["K"], d["N"], d["k"], strides=2, padding="same"),
+                   how="'same' rule (F.pad)"),
+           Variant("torch", lambda d: LayerSpec.conv(d["K"], d["N"], d["k"], strides=2,
+                                                     padding=((d["k"] // 2, d["k"] // 2),)),
+                   how="padding=k//2")),
+          {"B": 2, "K": 3, "N": 4, "k": 3, "half": 4, "L": 8}, data_styles=("normal", "uniform"),
+          checks=("forward",), dtypes=DIFFER_DTYPES, dtype_note=DIFFER_NOTE),
     _tied_claim("differ-linear100-conv1d-k10",
                 "torch Linear(100, 10) != Conv1d(1, 10, kernel_size=10) on the same signal (only an approximation)",
                 L=100, k=10, s=1, N=10),
@@ -230,7 +341,8 @@ CLAIMS: tuple[Claim, ...] = (
           (Variant("torch", lambda d: LayerSpec.conv(d["K"], d["N"], 1), how="permute"),
            Variant("torch", lambda d: LayerSpec.conv(d["K"], d["N"], 1),
                    x_in=lambda x, d: x.reshape(d["B"], d["K"], d["L"]).transpose(0, 2, 1), how="view")),
-          {"B": 2, "L": 5, "K": 3, "N": 4}, data_styles=("normal", "uniform")),
+          {"B": 2, "L": 5, "K": 3, "N": 4}, data_styles=("normal", "uniform"), dtypes=DIFFER_DTYPES,
+          dtype_note=DIFFER_NOTE, checks=("forward",)),
 )
 
 CLAIMS_BY_ID: dict[str, Claim] = {}

@@ -23,8 +23,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     config = metafunc.config
     relation = getattr(metafunc.function, "relation", None)
+    check = getattr(metafunc.function, "check", "forward")
     required = set(config.getoption("--conformance-require"))
-    claims = [claim for claim in CLAIMS if relation in (None, claim.relation)
+    claims = [claim for claim in CLAIMS if relation in (None, claim.relation) and check in claim.checks
               and (not required or required & {v.framework for v in claim.variants})]
     # a check may declare the dtypes/devices it is defined for (e.g. initializers: float32 on cpu)
     dtypes = [d for d in config.getoption("--conformance-dtypes") if d in getattr(metafunc.function, "dtypes", [d])]

@@ -31,31 +31,43 @@ def fixed(**values: int) -> st.SearchStrategy[Dims]:
 
 @st.composite
 def conv_dims(draw: st.DrawFn, rank: int, *, max_groups: int = 3, max_kernel: int = 5, max_stride: int = 3,
-              max_dilation: int = 3, max_channels_per_group: int = 4) -> Dims:
+              max_dilation: int = 3, max_channels_per_group: int = 4,
+              paddings: tuple[str, ...] = ("valid", "same", "explicit"), padding_mode: str = "zeros",
+              strides: int | None = None) -> Dims:
     """A convolution spec and an input shape it accepts, drawn together.
 
     groups divides both channel counts; every spatial size is at least the dilated kernel minus the padding.
+    `paddings` may also hold "causal" and "flax-border" (Flax's CIRCULAR/REFLECT amounts,
+    ((k_d - 1) // 2, k_d // 2)); reflect padding gets inputs longer than the pad.
     """
     groups = draw(st.integers(1, max_groups), label="groups")
     cin = groups * draw(st.integers(1, max_channels_per_group), label="in per group")
     cout = groups * draw(st.integers(1, max_channels_per_group), label="out per group")
     kernel = tuple(draw(st.integers(1, max_kernel), label="kernel") for _ in range(rank))
-    strides = tuple(draw(st.integers(1, max_stride), label="stride") for _ in range(rank))
+    strides_ = tuple(strides or draw(st.integers(1, max_stride), label="stride") for _ in range(rank))
     dilation = tuple(draw(st.integers(1, max_dilation), label="dilation") for _ in range(rank))
-    mode = draw(st.sampled_from(["valid", "same", "explicit"]), label="padding")
+    mode = draw(st.sampled_from(paddings), label="padding")
     if mode == "explicit":
         padding: Any = tuple((draw(st.integers(0, k - 1 if k > 1 else 1)), draw(st.integers(0, k - 1 if k > 1 else 1)))
                              for k in kernel)
         pads = padding
+    elif mode == "flax-border":
+        padding = pads = tuple((((k - 1) * d) // 2, ((k - 1) * d + 1) // 2) for k, d in zip(kernel, dilation))
+    elif mode == "causal":
+        padding, pads = "causal", tuple(((k - 1) * d, 0) for k, d in zip(kernel, dilation))
     else:
         padding, pads = mode, ((0, 0),) * rank
     spatial = []
     for k, d, (lo, hi) in zip(kernel, dilation, pads):
         least = max(1, (k - 1) * d + 1 - lo - hi)
+        if padding_mode == "reflect":
+            least = max(least, lo + 1, hi + 1)
+        elif padding_mode == "circular":  # torch wraps at most once around the input
+            least = max(least, lo, hi)
         spatial.append(draw(st.integers(least, least + 8), label="spatial"))
     bias = draw(st.booleans(), label="bias")
-    spec = LayerSpec.conv(cin, cout, kernel, strides=strides, padding=padding, dilation=dilation,
-                          groups=groups, bias=bias)
+    spec = LayerSpec.conv(cin, cout, kernel, strides=strides_, padding=padding, dilation=dilation,
+                          groups=groups, bias=bias, padding_mode=padding_mode)
     batch = draw(st.integers(1, 3), label="batch")
     return {"spec": spec, "shape": (batch, *spatial, cin)}
 
