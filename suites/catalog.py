@@ -106,8 +106,10 @@ def _tied_weights(w: Weights, d: Dims) -> Weights:
 
 
 def _equal_dense_claim(id: str, title: str, source: str, variants: tuple[Variant, ...], example: Dims,
-                       dims: st.SearchStrategy[Dims] | None = None) -> Claim:
-    return Claim(id, title, "equal", source, sequence_dims() if dims is None else dims, _seq_shape, variants, example)
+                       dims: st.SearchStrategy[Dims] | None = None, stackable: bool = True) -> Claim:
+    checks = Claim.checks if stackable else tuple(c for c in Claim.checks if c != "depth")
+    return Claim(id, title, "equal", source, sequence_dims() if dims is None else dims, _seq_shape, variants, example,
+                 checks=checks)
 
 
 _TORCH_FULL_KERNEL = (
@@ -155,7 +157,7 @@ def _tied_claim(id: str, title: str, L: int, k: int, s: int, N: int) -> Claim:
 
 def _xfw_conv(id: str, title: str, source: str, dims: st.SearchStrategy[Dims], example: Dims,
               frameworks: tuple[str, ...] = FRAMEWORKS, checks: tuple[str, ...] | None = None) -> Claim:
-    extra = {} if checks is None else {"checks": checks}
+    extra = {"checks": ("forward", "gradient", "params", "init")} if checks is None else {"checks": checks}
     return Claim(id, title, "equal", source, dims, _seq_shape,
                  tuple(Variant(fw, lambda d: d["spec"]) for fw in frameworks), example, **extra)
 
@@ -227,12 +229,12 @@ CLAIMS: tuple[Claim, ...] = (
         "torch-full-kernel-conv1d-linear",
         "torch Conv1d(K, N, kernel_size=L) on a length-L sequence == Linear(L*K, N) on the flattened input",
         "forum question: is a full-length Conv1d the same as Linear on the flattened input?",
-        _TORCH_FULL_KERNEL, {"B": 2, "L": 6, "K": 4, "N": 8}),
+        _TORCH_FULL_KERNEL, {"B": 2, "L": 6, "K": 4, "N": 8}, stackable=False),
     _equal_dense_claim(
         "torch-linear100-conv1d-k100",
         "torch Linear(100, 1) == Conv1d(1, 1, kernel_size=100) on a length-100 signal",
         "forum question: Linear(100, 1) versus Conv1d(1, 1, kernel_size=100)",
-        _TORCH_FULL_KERNEL, {"B": 2, "L": 100, "K": 1, "N": 1}, dims=fixed(L=100, K=1, N=1)),
+        _TORCH_FULL_KERNEL, {"B": 2, "L": 100, "K": 1, "N": 1}, dims=fixed(L=100, K=1, N=1), stackable=False),
     _equal_dense_claim(
         "keras-dense-conv1d-methods",
         "Keras Dense(N) on (B, L, K) == Conv1D(N, 1) on (B, L, K) (method 2) == Conv1D(N, kernel_size=K) on "
@@ -252,7 +254,7 @@ CLAIMS: tuple[Claim, ...] = (
         "keras-full-kernel-conv1d-dense",
         "Keras Conv1D(N, kernel_size=L) on (B, L, K) == Dense(N) on the flattened (B, L*K)",
         "forum question: is a full-length Conv1D the same as Dense on the flattened input?",
-        _KERAS_FULL_KERNEL, {"B": 2, "L": 6, "K": 4, "N": 8}),
+        _KERAS_FULL_KERNEL, {"B": 2, "L": 6, "K": 4, "N": 8}, stackable=False),
     _equal_dense_claim(
         "flax-dense-conv-1x1",
         "Flax Dense == Conv with kernel (1,) == Conv with kernel (1, 1); linen == nnx",

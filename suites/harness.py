@@ -161,6 +161,42 @@ class ClaimRunner:
             raise AssertionError(f"claim {claim.id} [{dtype}, {device}] gradient: {claim.title}\n  "
                                  + "\n  ".join(failures) + f"\n  dims={_describe_dims(dims)}, data style={style}")
 
+    def depth_example(self, data: st.DataObject) -> None:
+        """Stacks of up to MAX_DEPTH layers per variant; error against depth under the composed bound."""
+        __tracebackhide__ = True
+        from suites.depth import MAX_DEPTH, framework_stack, layer_weights, reference_stack, stackable
+
+        claim, dtype, device = self.case
+        dims = stackable(data.draw(claim.dims, label="dims"))
+        depth = data.draw(st.integers(2, MAX_DEPTH), label="depth")
+        rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+        base = claim.variants[0]
+        spec = base.spec(dims)
+        x = random_array(rng, claim.input_shape(dims), "normal", dtype)
+        stack = [layer_weights(rng, spec, dtype) for _ in range(depth)]
+        activations, bounds = reference_stack(base, dims, x, stack, dtype)
+        curve = self.record.setdefault("depth_curve", {})
+        failures, worst = [], (0.0, 0.0)
+        for variant in self.runnable:
+            if get_adapter(variant.framework).supports(variant.spec(dims), dtype, device):
+                continue
+            label = variant.label(dims)
+            outputs = framework_stack(variant, dims, x, stack, dtype, device)
+            ratios = curve.setdefault(label, [None] * MAX_DEPTH)
+            for level, (y, ref, bound) in enumerate(zip(outputs, activations, bounds)):
+                error, ratio, index = bound_ratio(y, ref, bound)
+                ratios[level] = _finite(max(ratio, ratios[level] or 0.0))
+                self._note(label, error, ratio)
+                worst = max(worst, (ratio, error))
+                if not ratio <= 1.0:
+                    failures.append(f"{label} at depth {level + 1} exceeds the composed bound: error {error:.3g} is "
+                                    f"{ratio:.3g}x the bound at index {index}; layer {spec.describe()}")
+                    break
+        self._note_sample(worst, spec.reduction_length)
+        if failures:
+            raise AssertionError(f"claim {claim.id} [{dtype}, {device}] depth {depth}: {claim.title}\n  "
+                                 + "\n  ".join(failures) + f"\n  dims={_describe_dims(dims)}")
+
     def frameworks_used(self) -> set[str]:
         return {v.framework for v in self.runnable}
 

@@ -22,8 +22,9 @@ Fault = Callable[[Layer, np.ndarray], np.ndarray]
 class FaultyAdapter(Adapter):
     """Delegates to a real adapter; its layers' outputs go through `fault`."""
 
-    def __init__(self, inner: Adapter, fault: Fault, weights_fault: Callable | None = None):
-        self.inner, self.fault, self.weights_fault = inner, fault, weights_fault
+    def __init__(self, inner: Adapter, fault: Fault, weights_fault: Callable | None = None,
+                 vjp_fault: Callable | None = None):
+        self.inner, self.fault, self.weights_fault, self.vjp_fault = inner, fault, weights_fault, vjp_fault
         self.name, self.classes, self.distributions = inner.name, inner.classes, inner.distributions
 
     def available(self):
@@ -41,22 +42,25 @@ class FaultyAdapter(Adapter):
         layer = self.inner._build(spec, weights, dtype, device)
         original, fault = layer._forward, self.fault
         layer._forward = lambda x: fault(layer, original(x))  # type: ignore[method-assign]
+        if self.vjp_fault:
+            original_vjp, vjp_fault = layer._vjp, self.vjp_fault
+            layer._vjp = lambda x, g: vjp_fault(*original_vjp(x, g))  # type: ignore[method-assign]
         return layer
 
     def default_weights(self, spec, seed):
         return self.inner.default_weights(spec, seed)
 
 
-def run_claim(claim: Claim, dtype: str = "float32", examples: int = 25) -> dict:
+def run_claim(claim: Claim, dtype: str = "float32", examples: int = 25, check: str = "forward") -> dict:
     record: dict = {}
-    runner = ClaimRunner(Case(claim, dtype, "cpu"), record)
+    runner = ClaimRunner(Case(claim, dtype, "cpu"), record, check=check)
 
     # no shrinking: these tests only need to see the failure, not its minimal form
     @settings(max_examples=examples, database=None, derandomize=True, deadline=None,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     @given(data=st.data())
     def check(data):
-        runner.forward_example(data)
+        getattr(runner, f"{runner.check}_example")(data)
 
     check()
     return record
@@ -64,11 +68,12 @@ def run_claim(claim: Claim, dtype: str = "float32", examples: int = 25) -> dict:
 
 @pytest.fixture
 def plant(monkeypatch):
-    def plant(framework: str, fault: Fault, weights_fault: Callable | None = None) -> None:
+    def plant(framework: str, fault: Fault, weights_fault: Callable | None = None,
+              vjp_fault: Callable | None = None) -> None:
         inner = get_adapter(framework)
         if inner.available():
             pytest.skip(inner.available())
-        monkeypatch.setitem(adapters._CACHE, framework, FaultyAdapter(inner, fault, weights_fault))
+        monkeypatch.setitem(adapters._CACHE, framework, FaultyAdapter(inner, fault, weights_fault, vjp_fault))
     return plant
 
 
@@ -158,3 +163,40 @@ def test_documented_divergence_matches_only_its_configuration(monkeypatch):
         monkeypatch.setattr(divergences, "keras_backend", lambda: backend)
         found = divergences.divergence_for(framework, spec, dtype)
         assert (found.id if found else None) == expected, (backend, framework, spec.describe(), dtype)
+
+
+GRADIENT_FAULTS = {
+    "bias gradient dropped": ("torch", "xfw-dense", lambda dx, dw: (dx, {**dw, "bias": np.zeros_like(dw["bias"])})
+                              if "bias" in dw else (dx, dw)),
+    "input gradient off by 1e-3 relative": ("flax.linen", "xfw-conv1d", lambda dx, dw: (dx * (1 + 1e-3), dw)),
+    "kernel gradient transposed taps": ("keras", "xfw-conv1d",
+                                        lambda dx, dw: (dx, {**dw, "kernel": dw["kernel"][::-1].copy()})),
+}
+
+
+@pytest.mark.parametrize("name", list(GRADIENT_FAULTS))
+def test_gradient_check_catches_backward_only_fault(plant, name):
+    """Forward stays right (the forward check passes), the backward is wrong: the gradient check fails."""
+    framework, claim_id, vjp_fault = GRADIENT_FAULTS[name]
+    plant(framework, lambda layer, y: y, vjp_fault=vjp_fault)
+    run_claim(CLAIMS_BY_ID[claim_id], examples=10)  # forward: passes
+    with pytest.raises(AssertionError, match=f"{framework}.* d(input|kernel|bias) exceeds the error bound"):
+        run_claim(CLAIMS_BY_ID[claim_id], check="gradient")
+
+
+def test_gradient_check_passes_unfaulted():
+    record = run_claim(CLAIMS_BY_ID["xfw-conv2d"], check="gradient", examples=5)
+    assert 0 < record["max_bound_ratio"] <= 1
+
+
+def test_depth_check_catches_accumulating_fault(plant):
+    """Outputs rounded through bfloat16 at every layer: the composed float32 bound fails."""
+    plant("torch", lambda layer, y: _to_bf16(y))
+    with pytest.raises(AssertionError, match="exceeds the composed bound"):
+        run_claim(CLAIMS_BY_ID["xfw-dense"], check="depth", examples=5)
+
+
+def test_depth_check_records_error_against_depth():
+    record = run_claim(CLAIMS_BY_ID["torch-linear-conv1d-k1"], check="depth", examples=5)
+    curve = record["depth_curve"]["torch.Linear"]
+    assert len(curve) == 16 and curve[0] is not None and all(r is None or r <= 1 for r in curve)
