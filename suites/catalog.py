@@ -54,7 +54,7 @@ class Claim:
     dtypes: tuple[str, ...] = DTYPES
     dtype_note: str = ""  # why a dtype is left out, shown as the skip reason
     data_styles: tuple[str, ...] | None = None  # None: all; differ rows need generic (continuous) data
-    checks: tuple[str, ...] = ("forward", "gradient", "params", "init", "depth")
+    checks: tuple[str, ...] = ("forward", "gradient", "params", "init", "depth", "batch")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,7 +157,7 @@ def _tied_claim(id: str, title: str, L: int, k: int, s: int, N: int) -> Claim:
 
 def _xfw_conv(id: str, title: str, source: str, dims: st.SearchStrategy[Dims], example: Dims,
               frameworks: tuple[str, ...] = FRAMEWORKS, checks: tuple[str, ...] | None = None) -> Claim:
-    extra = {"checks": ("forward", "gradient", "params", "init")} if checks is None else {"checks": checks}
+    extra = {"checks": ("forward", "gradient", "params", "init", "batch")} if checks is None else {"checks": checks}
     return Claim(id, title, "equal", source, dims, _seq_shape,
                  tuple(Variant(fw, lambda d: d["spec"]) for fw in frameworks), example, **extra)
 
@@ -197,7 +197,7 @@ def _flatten_claim(id: str, title: str, relation: str, w_map: Callable[[Weights,
                  w_map=w_map, how=how)),
         {"B": 2, "H": 3, "W": 2, "C": 4, "N": 5},
         data_styles=None if relation == "equal" else ("normal", "uniform"),
-        checks=("forward", "gradient", "params") if relation == "equal" else ("forward",),
+        checks=("forward", "gradient", "params", "batch") if relation == "equal" else ("forward",),
         **({} if relation == "equal" else {"dtypes": DIFFER_DTYPES, "dtype_note": DIFFER_NOTE}))
 
 

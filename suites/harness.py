@@ -197,6 +197,41 @@ class ClaimRunner:
             raise AssertionError(f"claim {claim.id} [{dtype}, {device}] depth {depth}: {claim.title}\n  "
                                  + "\n  ".join(failures) + f"\n  dims={_describe_dims(dims)}")
 
+    def batch_example(self, data: st.DataObject) -> None:
+        """Batched output == per-sample outputs (within both bounds); a repeated run is bitwise identical."""
+        __tracebackhide__ = True
+        claim, dtype, device = self.case
+        dims, x, weights, style = self.draw(data)
+        batch = x.shape[0]
+        single = _single_sample(dims)
+        failures, worst = [], (0.0, 0.0)
+        for variant in self.runnable:
+            spec = variant.spec(dims)
+            if get_adapter(variant.framework).supports(spec, dtype, device):
+                continue
+            label = variant.label(dims)
+            layer = get_adapter(variant.framework).build(spec, variant.w_map(weights, dims), dtype, device)
+            bound = variant.y_out(error_bound(spec.reduction_length, reference.magnitude(
+                spec, variant.x_in(x, dims), variant.w_map(weights, dims)), dtype), dims)
+            full = variant.y_out(layer.forward(variant.x_in(x, dims)), dims)
+            again = variant.y_out(layer.forward(variant.x_in(x, dims)), dims)
+            if not np.array_equal(full, again, equal_nan=True):
+                failures.append(f"{label} is not deterministic: two runs on the same input differ by "
+                                f"{np.max(np.abs(full.astype(np.float64) - again.astype(np.float64))):.3g}")
+            for i in range(batch):
+                one = variant.y_out(layer.forward(variant.x_in(x[i:i + 1], single)), single)
+                error, ratio, index = bound_ratio(one[0], full[i], 2 * bound[i])
+                self._note(label, error, ratio)
+                worst = max(worst, (ratio, error))
+                if not ratio <= 1.0:
+                    failures.append(f"{label}: sample {i} alone differs from the batched result by {error:.3g}, "
+                                    f"{ratio:.3g}x twice the error bound (batch of {batch})")
+                    break
+        self._note_sample(worst, claim.variants[0].spec(dims).reduction_length)
+        if failures:
+            raise AssertionError(f"claim {claim.id} [{dtype}, {device}] batch: {claim.title}\n  "
+                                 + "\n  ".join(failures) + f"\n  dims={_describe_dims(dims)}, data style={style}")
+
     def frameworks_used(self) -> set[str]:
         return {v.framework for v in self.runnable}
 
@@ -344,6 +379,16 @@ def _divergence_summary(divergence_id: str) -> str:
     from suites.divergences import DIVERGENCES
 
     return next(d.summary for d in DIVERGENCES if d.id == divergence_id)
+
+
+def _single_sample(dims: Dims) -> Dims:
+    """The same sizes for a batch of one (claims name the batch B, or carry it in `shape`)."""
+    single = dict(dims)
+    if "B" in single:
+        single["B"] = 1
+    if "shape" in single:
+        single["shape"] = (1, *single["shape"][1:])
+    return single
 
 
 def _finite(value: float) -> float | None:

@@ -200,3 +200,17 @@ def test_depth_check_records_error_against_depth():
     record = run_claim(CLAIMS_BY_ID["torch-linear-conv1d-k1"], check="depth", examples=5)
     curve = record["depth_curve"]["torch.Linear"]
     assert len(curve) == 16 and curve[0] is not None and all(r is None or r <= 1 for r in curve)
+
+
+def test_batch_check_catches_batch_dependent_results(plant):
+    """A layer whose result depends on the batch it is in (e.g. a batch-size-dependent kernel choice gone wrong)."""
+    plant("torch", lambda layer, y: y * np.asarray(1 + 1e-3 * (y.shape[0] > 1), dtype=y.dtype))
+    with pytest.raises(AssertionError, match="alone differs from the batched result"):
+        run_claim(CLAIMS_BY_ID["xfw-dense"], check="batch", examples=10)
+
+
+def test_batch_check_catches_nondeterminism(plant):
+    rng = np.random.default_rng(0)
+    plant("flax.nnx", lambda layer, y: (y + rng.integers(0, 2, y.shape) * np.spacing(y)).astype(y.dtype))
+    with pytest.raises(AssertionError, match="is not deterministic"):
+        run_claim(CLAIMS_BY_ID["xfw-dense"], check="batch", examples=10)
