@@ -34,8 +34,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "layer-conformance reports")
     group.addoption("--conformance-frameworks", default="torch,keras,flax.linen,flax.nnx", type=_csv,
                     metavar="LIST", help="frameworks whose variants run (default: all four)")
-    group.addoption("--conformance-dtypes", default="float64,float32,float16,bfloat16", type=_csv, metavar="LIST",
-                    help="dtypes to check (default: float64,float32,float16,bfloat16)")
+    group.addoption("--conformance-dtypes", default="float64,float32,float16,bfloat16,mixed_float16,mixed_bfloat16",
+                    type=_csv, metavar="LIST",
+                    help="dtypes to check, Keras mixed policies included (default: all six; the policies only for "
+                         "claims with a Keras variant)")
     group.addoption("--conformance-devices", default="cpu,gpu", type=_csv, metavar="LIST",
                     help="devices to check; one no framework sees is skipped with the reason (default: cpu,gpu)")
     group.addoption("--conformance-require", default="", type=_csv, metavar="LIST",

@@ -69,6 +69,7 @@ class Adapter(abc.ABC):
     name: str = ""
     distributions: tuple[str, ...] = ()
     classes: Mapping[tuple[str, int], str] = {}  # (kind, rank) -> framework class name
+    policies: tuple[str, ...] = ()  # mixed-precision dtype policies the framework has (Keras)
 
     def available(self) -> str | None:
         """None when importable, else the reason (names the framework and the install command)."""
@@ -91,6 +92,8 @@ class Adapter(abc.ABC):
             return reason
         if dtype not in DTYPES:
             return f"unknown dtype {dtype!r}"
+        if dtype.startswith("mixed_") and dtype not in self.policies:
+            return f"{dtype} is a Keras dtype policy; {self.name} layers have no such dtype"
         if device not in self.devices():
             return f"{self.name} sees no {device} device here"
         if (spec.kind, spec.rank) not in self.classes:

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up 
 import numpy as np
 
 from .base import Adapter, Layer, canonical
-from .spec import LayerSpec, Weights
+from .spec import POLICY_COMPUTE, LayerSpec, Weights
 
 
 @contextlib.contextmanager
@@ -60,12 +60,26 @@ def _layout(array: Any, what: str, spec: LayerSpec, to_keras: bool) -> Any:
     return array
 
 
+def _compute(dtype: str) -> str:
+    """The tensor dtype for a layer dtype: a mixed policy computes in its half type."""
+    return POLICY_COMPUTE.get(dtype, dtype)
+
+
+def _variable(dtype: str) -> str:
+    """The variable dtype: mixed policies keep float32 variables."""
+    return "float32" if dtype in POLICY_COMPUTE else dtype
+
+
 def _to_tensor(array: np.ndarray, dtype: str) -> Any:
     host = array.astype(np.float64 if dtype == "float64" else np.float32)  # exact for every dtype tested
-    return keras.ops.cast(keras.ops.convert_to_tensor(host), dtype)
+    return keras.ops.cast(keras.ops.convert_to_tensor(host), _compute(dtype))
 
 
 def _to_numpy(tensor: Any, dtype: str) -> np.ndarray:
+    return canonical(keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float64")), dtype)
+
+
+def _numpy_as(tensor: Any, dtype: str) -> np.ndarray:
     return canonical(keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float64")), dtype)
 
 
@@ -102,7 +116,8 @@ class KerasLayer(Layer):
             ct = _to_tensor(cotangent, self.dtype)
             dx, dvars = _BACKEND_VJP[BACKEND](self, xt, ct)
         names = ["kernel", "bias"] if self.spec.bias else ["kernel"]
-        grads = {n: _to_numpy(_layout(g, n, self.spec, False), self.dtype) for n, g in zip(names, dvars)}
+        # gradients of float32 variables stay float32 under a mixed policy, as Keras returns them
+        grads = {n: _numpy_as(_layout(g, n, self.spec, False), _variable(self.dtype)) for n, g in zip(names, dvars)}
         return _to_numpy(dx, self.dtype), grads
 
     def weights(self) -> Weights:
@@ -147,6 +162,7 @@ class KerasAdapter(Adapter):
     name = "keras"
     distributions = ("keras",)
     classes = {("dense", 0): "Dense", ("conv", 1): "Conv1D", ("conv", 2): "Conv2D"}
+    policies = tuple(POLICY_COMPUTE)
 
     def versions(self) -> dict[str, str | None]:
         versions = super().versions()
@@ -196,9 +212,10 @@ class KerasAdapter(Adapter):
         with keras.device(_keras_device(device)):
             layer = self._layer(spec, dtype)
             layer.build(self._input_shape(spec))
-            layer.kernel.assign(_to_tensor(_layout(weights["kernel"], "kernel", spec, True), dtype))
+            variable = _variable(dtype)
+            layer.kernel.assign(_to_tensor(_layout(weights["kernel"], "kernel", spec, True), variable))
             if spec.bias:
-                layer.bias.assign(_to_tensor(weights["bias"], dtype))
+                layer.bias.assign(_to_tensor(weights["bias"], variable))
         return KerasLayer(self, spec, dtype, device, layer)
 
     def default_weights(self, spec: LayerSpec, seed: int) -> Weights:

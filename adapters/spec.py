@@ -16,7 +16,9 @@ Padding = Union[Literal["valid", "same", "causal"], tuple[tuple[int, int], ...]]
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")  # what the padded border holds
 Weights = dict[str, np.ndarray]  # {"kernel": ..., "bias": ...}; "bias" absent when bias=False
 
-DTYPES = ("float64", "float32", "float16", "bfloat16")
+DTYPES = ("float64", "float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
+# Keras mixed policies: float32 variables, compute (and data here) in the half type
+POLICY_COMPUTE = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
 class SpecError(ValueError):
@@ -27,6 +29,7 @@ def numpy_dtype(name: str) -> np.dtype:
     """The NumPy dtype for a dtype name; bfloat16 comes from ml_dtypes."""
     if name not in DTYPES:
         raise SpecError(f"Invalid value for argument `dtype`: expected one of {', '.join(DTYPES)}. Received dtype={name!r}.")
+    name = POLICY_COMPUTE.get(name, name)
     if name == "bfloat16":
         import ml_dtypes
 

@@ -16,6 +16,10 @@ UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 **
 SMALLEST_NORMAL = {"float64": float(np.finfo(np.float64).tiny), "float32": float(np.finfo(np.float32).tiny),
                    "float16": float(np.finfo(np.float16).tiny), "bfloat16": float(np.finfo(np.float32).tiny)}
 ROUNDOFF_LABEL = {"float64": "2^-53", "float32": "2^-24", "float16": "2^-11", "bfloat16": "2^-8"}
+# Keras mixed policies compute in the half type: their declared u_eff is that type's unit roundoff
+for _policy, _compute in (("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")):
+    UNIT_ROUNDOFF[_policy], SMALLEST_NORMAL[_policy] = UNIT_ROUNDOFF[_compute], SMALLEST_NORMAL[_compute]
+    ROUNDOFF_LABEL[_policy] = f"{ROUNDOFF_LABEL[_compute]} (u_eff of the {_policy} policy)"
 
 
 def gamma(n: int, u: float) -> float:

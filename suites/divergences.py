@@ -17,16 +17,18 @@ from adapters.spec import LayerSpec
 class Divergence:
     id: str
     framework: str
-    applies: Callable[[LayerSpec, str, str | None], bool]  # (spec, dtype, keras backend)
+    applies: Callable[[LayerSpec, str, str | None, tuple[int, ...]], bool]  # (spec, dtype, keras backend, input shape)
     summary: str
     evidence: str
+    checks: tuple[str, ...] = ("forward", "gradient")
+    gradients: tuple[str, ...] = ("input", "kernel")  # which VJPs it affects in the gradient check
 
 
 DIVERGENCES: tuple[Divergence, ...] = (
     Divergence(
         id="keras-torch-float64-matmul",
         framework="keras",
-        applies=lambda spec, dtype, backend: backend == "torch" and dtype == "float64" and spec.kind == "dense",
+        applies=lambda spec, dtype, backend, shape: backend == "torch" and dtype == "float64" and spec.kind == "dense",
         summary="Keras Dense in float64 on the torch backend computes in float32: keras.ops.matmul casts both "
                 "float64 operands to keras.backend.result_type(float64, float64), which is float32 on every "
                 "backend but tensorflow (keras/src/backend/common/dtypes.py, BIT64_TO_BIT32_DTYPE), then casts "
@@ -34,6 +36,22 @@ DIVERGENCES: tuple[Divergence, ...] = (
         evidence="keras 3.15.1, torch 2.13.0: Dense(2) on float64 inputs differs from the float64 reference by "
                  "5.8e-8 (bound 5e-15, ratio ~1e7); torch.matmul on the same float64 tensors is exact "
                  "(2.2e-16); keras.backend.result_type('float64', 'float64') == 'float32' with KERAS_BACKEND=torch.",
+    ),
+    Divergence(
+        id="tf-bf16-conv-backprop-filter-nan",
+        framework="keras",
+        applies=lambda spec, dtype, backend, shape: (
+            backend == "tensorflow" and dtype in ("bfloat16", "mixed_bfloat16") and spec.kind == "conv"
+            and any(s > 1 and n == 1 for s, n in zip(spec.strides, shape[1:-1]))),
+        summary="TensorFlow's CPU Conv2DBackpropFilter in bfloat16 returns NaN in some runs when a strided axis has "
+                "input length 1 (the kernel gradient of Keras Conv1D/Conv2D under bfloat16 or mixed_bfloat16); "
+                "the forward pass and the input gradient are right.",
+        evidence="tensorflow-cpu 2.21.0: tf.raw_ops.Conv2DBackpropFilter(input=0.75 of shape (1, 1, 1, 1), "
+                 "filter_sizes=[1, 1, 1, 1], out_backprop=ones, strides=[1, 1, 2, 1], padding='SAME') in bfloat16 "
+                 "gave NaN in 7 of 20 runs (0.75 otherwise); stride 2 with length 1 and kernel 1 or 2, SAME or "
+                 "VALID: 5-8 of 20; lengths 2, 3, 5 and stride 3: 0 of 20; float16 and float32: never.",
+        checks=("gradient",),
+        gradients=("kernel",),
     ),
 )
 
@@ -44,11 +62,13 @@ def keras_backend() -> str | None:
     return BACKEND
 
 
-def divergence_for(framework: str, spec: LayerSpec, dtype: str) -> Divergence | None:
-    """The documented divergence this variant falls under, if any."""
+def divergence_for(framework: str, spec: LayerSpec, dtype: str, check: str = "forward",
+                   shape: tuple[int, ...] = (), gradient: str | None = None) -> Divergence | None:
+    """The documented divergence this variant (with this layer-input shape) falls under in this check, if any."""
     for divergence in DIVERGENCES:
-        if divergence.framework == framework:
+        if divergence.framework == framework and check in divergence.checks \
+                and (gradient is None or gradient in divergence.gradients):
             backend = keras_backend() if framework == "keras" else None
-            if divergence.applies(spec, dtype, backend):
+            if divergence.applies(spec, dtype, backend, tuple(shape)):
                 return divergence
     return None

@@ -147,7 +147,8 @@ class ClaimRunner:
             expected = expected or grads["reference"]
             for name, (error, ratio, index) in compare(grads, expected).items():
                 label = f"{variant.label(dims)} d{name}"
-                divergence = divergence_for(variant.framework, spec, dtype)
+                divergence = divergence_for(variant.framework, spec, dtype, "gradient",
+                                            variant.x_in(x, dims).shape, gradient=name)
                 self._note(label, error, ratio, divergence.id if divergence else None)
                 if divergence:
                     continue
@@ -359,7 +360,7 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
         error, ratio, index = bound_ratio(y, expected, bound)
         v = VariantOutcome(label, variant.framework, spec, layer_x, layer_w, layer_y,
                            reference.forward(spec, layer_x, layer_w), layer_bound, y, bound, error, ratio)
-        divergence = divergence_for(variant.framework, spec, dtype)
+        divergence = divergence_for(variant.framework, spec, dtype, "forward", layer_x.shape)
         if divergence:  # measured and reported, never failing the row
             v.divergence = divergence.id
         elif not ratio <= 1.0:

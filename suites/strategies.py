@@ -86,7 +86,7 @@ def random_array(rng: np.random.Generator, shape: tuple[int, ...], style: str, d
     elif style == "uniform":
         values = rng.uniform(-1.0, 1.0, shape)
     elif style == "wide-range":  # magnitudes over decades: cancellation and large/small terms together
-        decades = 1.0 if dtype == "float16" else 2.0  # float16 overflows at 65504: keep sums representable
+        decades = 1.0 if dtype in ("float16", "mixed_float16") else 2.0  # float16 overflows at 65504: keep sums representable
         values = rng.standard_normal(shape) * 10.0 ** rng.uniform(-decades, decades, shape)
     elif style == "small-integers":  # exactly representable: any exact implementation gives error 0
         values = rng.integers(-4, 5, shape).astype(np.float64)

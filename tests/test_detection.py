@@ -165,6 +165,21 @@ def test_documented_divergence_matches_only_its_configuration(monkeypatch):
         assert (found.id if found else None) == expected, (backend, framework, spec.describe(), dtype)
 
 
+def test_bf16_backprop_divergence_is_scoped_to_length_one_strided_axes(monkeypatch):
+    import suites.divergences as divergences
+    from adapters.spec import LayerSpec
+
+    monkeypatch.setattr(divergences, "keras_backend", lambda: "tensorflow")
+    strided = LayerSpec.conv(1, 1, 1, strides=2, padding="same")
+    match = divergences.divergence_for
+    assert match("keras", strided, "bfloat16", "gradient", (1, 1, 1), gradient="kernel")
+    assert match("keras", strided, "mixed_bfloat16", "gradient", (1, 1, 1), gradient="kernel")
+    assert match("keras", strided, "bfloat16", "gradient", (1, 1, 1), gradient="input") is None
+    assert match("keras", strided, "bfloat16", "gradient", (1, 2, 1), gradient="kernel") is None
+    assert match("keras", strided, "bfloat16", "forward", (1, 1, 1)) is None
+    assert match("keras", strided, "float16", "gradient", (1, 1, 1), gradient="kernel") is None
+
+
 GRADIENT_FAULTS = {
     "bias gradient dropped": ("torch", "xfw-dense", lambda dx, dw: (dx, {**dw, "bias": np.zeros_like(dw["bias"])})
                               if "bias" in dw else (dx, dw)),
