@@ -54,8 +54,20 @@ def base_environment() -> dict[str, Any]:
         "frameworks": {k: v for k, v in frameworks.items() if v or k in ("torch", "keras", "jax", "flax")},
         "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "devices": {},
-        "numeric_modes": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
+        "numeric_modes": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+                          "numpy.blas": _numpy_blas()},
     }
+
+
+def _numpy_blas() -> str | None:
+    """NumPy's BLAS (the float64 reference runs on it), from its build configuration."""
+    try:
+        import numpy
+
+        blas = numpy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+        return " ".join(str(blas[k]) for k in ("name", "version") if blas.get(k)) or None
+    except Exception:  # older NumPy without mode="dicts": the fingerprint just lacks this line
+        return None
 
 
 def _cpu_model() -> str:

@@ -71,3 +71,23 @@ def test_run_writes_the_report_and_prints_the_table(tmp_path):
     assert statuses[("xfw-dense", "forward")] == "passed"
     assert statuses[("differ-view-instead-of-permute", "forward")] == "passed"
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+
+
+def test_merged_shards_equal_a_single_run(tmp_path):
+    """Shards split by dtype, merged, hold exactly the results of one run over both dtypes."""
+    from reports.merge import merge_reports
+
+    root = Path(__file__).resolve().parent.parent
+
+    def run(name: str, dtypes: str) -> dict:
+        path = tmp_path / f"{name}.json"
+        subprocess.run([sys.executable, "-m", "pytest", "suites/test_forward.py", "-q", "-p", "no:xdist",
+                        "--hypothesis-profile", "debug", "-k", "torch-linear-conv1d-k1", "--conformance-devices", "cpu",
+                        "--conformance-dtypes", dtypes, "--conformance-report", str(path)],
+                       cwd=root, capture_output=True, text=True, timeout=600)
+        return load_report(path)
+
+    merged = merge_reports([("a", run("a", "float32")), ("b", run("b", "float64"))])
+    single = run("single", "float32,float64")
+    as_set = lambda report: {(r["nodeid"], r["check"], r["status"]) for r in report["results"]}  # noqa: E731
+    assert as_set(merged) == as_set(single) and len(merged["results"]) == len(single["results"]) == 4

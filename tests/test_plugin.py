@@ -90,3 +90,10 @@ def test_no_report_option_writes_nothing(sample: pytest.Pytester):
 def test_report_file_is_strict_json(sample: pytest.Pytester):
     sample.runpytest("-p", "reports.plugin", "--conformance-report", "r.json")
     json.loads((sample.path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+
+
+def test_junitxml_works_alongside(sample: pytest.Pytester):
+    sample.runpytest("-p", "reports.plugin", "--conformance-report", "r.json", "--junitxml", "junit.xml")
+    xml = (sample.path / "junit.xml").read_text()
+    assert "test_bad" in xml and "<failure" in xml
+    assert load_report(sample.path / "r.json")["summary"]["failed"] == 1
