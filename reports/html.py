@@ -145,7 +145,7 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
                        for s, c in counts.items()],
             "results": own_views,
             "plots": plots.claim_plots(own, title=f"{claim}: {text(title)}" if title is not None else claim)
-            if with_plots and own else {"histogram": None, "scatter": None, "errors": []},
+            if with_plots and own else {"histogram": None, "scatter": None, "depth": None, "errors": []},
         })
 
     matrix = build_matrix(report)

@@ -227,13 +227,41 @@ def error_vs_length(results: list[dict[str, Any]], title: str = "") -> bytes | N
     return _png(fig)
 
 
+def error_vs_depth(results: list[dict[str, Any]], title: str = "") -> bytes | None:
+    """Worst bound ratio (against the composed bound) after each layer of the depth check, per variant and dtype."""
+    curves = {}
+    for result in results:
+        if result.get("check") != "depth" or not isinstance(result.get("depth_curve"), dict):
+            continue
+        for variant, values in result["depth_curve"].items():
+            points = [(i + 1, _finite(v)) for i, v in enumerate(values or []) if _finite(v) is not None]
+            if points:
+                curves[f"{variant} {result.get('dtype', '')}"] = points
+    if not curves:
+        return None
+    fig = _figure(7.5, 3.8)
+    ax = fig.subplots()
+    for index, (key, points) in enumerate(sorted(curves.items())):
+        ax.plot([p[0] for p in points], [max(p[1], 1e-12) for p in points], marker="o", markersize=3,
+                linewidth=1, color=_colour(key, index), label=_label(key))
+    ax.axhline(1.0, color="crimson", linestyle="--", linewidth=1.2, label="composed bound")
+    ax.set_yscale("log")
+    ax.set_xlabel("depth (layers, ReLU between)")
+    ax.set_ylabel("max error / composed bound (log)")
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(fig, [ax])
+    if title:
+        fig.suptitle(_label(title, 110), fontsize=10)
+    return _png(fig)
+
+
 def claim_plots(results: list[dict[str, Any]], title: str = "") -> dict[str, Any]:
     """Both plots for one claim as data: URIs (None where there is nothing to draw).
 
     A plot that fails to draw must not cost the whole report: its error is returned instead.
     """
-    plots: dict[str, Any] = {"histogram": None, "scatter": None, "errors": []}
-    for name, draw in (("histogram", bound_ratio_histogram), ("scatter", error_vs_length)):
+    plots: dict[str, Any] = {"histogram": None, "scatter": None, "depth": None, "errors": []}
+    for name, draw in (("histogram", bound_ratio_histogram), ("scatter", error_vs_length), ("depth", error_vs_depth)):
         try:
             png = draw(results, title)
         except Exception as exc:  # noqa: BLE001 - report data is arbitrary; keep the rest of the page
