@@ -113,6 +113,8 @@ class ClaimRunner:
         if outcome.separation is not None:
             self.separation = min(self.separation, outcome.separation)
         self._note_pairs({v.label: (v.y, v.bound) for v in outcome.variants})
+        for label, (error, ratio) in outcome.device_agreement.items():
+            self._note_pair(f"{label} [{self.case.device}]", f"{label} [cpu]", error, ratio)
         self._note_sample(worst, self.case.claim.variants[0].spec(dims).reduction_length)
         if outcome.failures:
             message = outcome.message(style)
@@ -274,8 +276,11 @@ class ClaimRunner:
             return
         for (a, (ya, ba)), (b, (yb, bb)) in itertools.combinations(results.items(), 2):
             error, ratio, _ = bound_ratio(ya, yb, ba + bb)
-            old = self.pairwise.setdefault((a, b), [0.0, 0.0])
-            old[0], old[1] = max(old[0], error), max(old[1], ratio)
+            self._note_pair(a, b, error, ratio)
+
+    def _note_pair(self, a: str, b: str, error: float, ratio: float) -> None:
+        old = self.pairwise.setdefault((a, b), [0.0, 0.0])
+        old[0], old[1] = max(old[0], error), max(old[1], ratio)
 
     def _note_sample(self, worst: tuple[float, float], reduction_length: int) -> None:
         record = self.record
@@ -331,6 +336,7 @@ class ExampleOutcome:
     skipped: dict[str, str] = field(default_factory=dict)
     separation: float | None = None
     failures: list[str] = field(default_factory=list)
+    device_agreement: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> (error, ratio)
 
     def message(self, style: str | None = None) -> str:
         claim, dtype, device = self.case
@@ -367,6 +373,13 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
             v.failure = _failure_line(label, spec, dtype, y, expected, bound, index, error, ratio)
             outcome.failures.append(v.failure)
         outcome.variants.append(v)
+        if device != "cpu" and not adapter.supports(spec, dtype, "cpu"):  # the same weights on the host
+            on_cpu = variant.y_out(adapter.build(spec, layer_w, dtype, "cpu").forward(layer_x).astype(np.float64), dims)
+            error, ratio, index = bound_ratio(y, on_cpu, 2 * bound)
+            outcome.device_agreement[label] = (error, ratio)
+            if not ratio <= 1.0:
+                outcome.failures.append(f"{label} on {device} and on cpu differ by {error:.3g} at {index}, {ratio:.3g}x "
+                                        f"twice the error bound (same weights, same input)")
         if claim.relation == "differ" and variant is not claim.variants[0]:
             gap = bound_ratio(ref_y, target[0], error_bound(spec.reduction_length, target[1], dtype))[1]
             outcome.separation = gap if outcome.separation is None else min(outcome.separation, gap)

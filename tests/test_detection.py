@@ -229,3 +229,39 @@ def test_batch_check_catches_nondeterminism(plant):
     plant("flax.nnx", lambda layer, y: (y + rng.integers(0, 2, y.shape) * np.spacing(y)).astype(y.dtype))
     with pytest.raises(AssertionError, match="is not deterministic"):
         run_claim(CLAIMS_BY_ID["xfw-dense"], check="batch", examples=10)
+
+
+class PretendGpu(FaultyAdapter):
+    """Runs on the cpu but answers to "gpu", with a fault only on the "gpu": exercises CPU-vs-GPU agreement."""
+
+    def devices(self):
+        return ["cpu", "gpu"]
+
+    def _build(self, spec, weights, dtype, device):
+        layer = self.inner._build(spec, weights, dtype, "cpu")
+        if device == "gpu":
+            original, fault = layer._forward, self.fault
+            layer._forward = lambda x: fault(layer, original(x))  # type: ignore[method-assign]
+        return layer
+
+
+def test_cpu_gpu_agreement_is_checked(monkeypatch):
+    inner = get_adapter("torch")
+    if inner.available():
+        pytest.skip(inner.available())
+    claim = CLAIMS_BY_ID["torch-linear-conv1d-k1"]
+    monkeypatch.setitem(adapters._CACHE, "torch", PretendGpu(inner, lambda layer, y: y))
+    record: dict = {}
+    runner = ClaimRunner(Case(claim, "float32", "gpu"), record)
+
+    @settings(max_examples=5, database=None, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def agree(data):
+        runner.forward_example(data)
+
+    agree()
+    assert any("[gpu]" in pair["a"] and "[cpu]" in pair["b"] for pair in record["pairwise"])
+    monkeypatch.setitem(adapters._CACHE, "torch", PretendGpu(inner, lambda layer, y: _perturb_largest(layer, y, 1e-6)))
+    runner = ClaimRunner(Case(claim, "float32", "gpu"), {})
+    with pytest.raises(AssertionError, match="on gpu and on cpu differ"):
+        agree()
