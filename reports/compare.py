@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from reports.schema import ReportError, load_report, summarize
+from reports.schema import ReportError, load_report, summarize, write_text_atomic
 
 DRIFT_FLOOR = 1e-3
 DEFAULT_FACTOR = 2.0
@@ -393,23 +390,6 @@ def _render_markdown(comparison: Comparison, baseline_name: str, current_name: s
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Same contract as schema.write_json_atomic, for text: a reader sees the old file or the new one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _emit(text: str) -> None:

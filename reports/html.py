@@ -16,8 +16,9 @@ from . import plots
 from .markdown import (
     MISSING, STATUS_ICON, as_dict, as_list, build_matrix, claim_order, counterexample_of, environment_rows,
     format_duration, format_number, relation_of, results_of, skipped_entries, status_icon, status_of,
-    summary_counts, text, variant_label, write_text_atomic,
+    summary_counts, text, variant_label,
 )
+from .schema import write_text_atomic
 
 TEMPLATE = "report.html.j2"
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -145,7 +146,7 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
                        for s, c in counts.items()],
             "results": own_views,
             "plots": plots.claim_plots(own, title=f"{claim}: {text(title)}" if title is not None else claim)
-            if with_plots and own else {"histogram": None, "scatter": None, "depth": None, "errors": []},
+            if with_plots and own else {"histogram": None, "scatter": None, "depth": None, "speed": None, "errors": []},
         })
 
     matrix = build_matrix(report)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from reports.schema import write_text_atomic
 
 MISSING = "–"
 
@@ -31,30 +32,6 @@ CHECK_ORDER = ("forward", "gradient", "depth", "init", "params", "speed")
 
 
 # --------------------------------------------------------------------------- atomic writes
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write text through a temporary file in the same folder and rename it into place.
-
-    Same idea as reports.schema.write_json_atomic: a reader (a browser, a CI upload step) never
-    sees a half-written page.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        # mkstemp creates 0600; reports are meant to be read by others (CI artifacts, web servers).
-        mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
 
 # --------------------------------------------------------------------------- defensive getters
 
@@ -410,6 +387,64 @@ def _differ_section(report: dict[str, Any]) -> list[str]:
                            "Separation", "Max bound ratio"], rows)
 
 
+def format_seconds(value: Any) -> str:
+    seconds = to_float(value)
+    if seconds is None:
+        return MISSING
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if abs(seconds) >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def format_bytes(value: Any) -> str:
+    size = to_float(value)
+    if size is None:
+        return MISSING
+    for unit, scale in (("GiB", 2.0 ** 30), ("MiB", 2.0 ** 20), ("KiB", 2.0 ** 10)):
+        if abs(size) >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.0f} B"
+
+
+def speed_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Every row of every speed result, as display strings (the Markdown table, shareable with HTML)."""
+    rows = []
+    for result in results_of(report):
+        if result.get("check") != "speed":
+            continue
+        for row in as_list(result.get("speed")):
+            row = as_dict(row)
+            relative = to_float(row.get("relative"))
+            rows.append({
+                "claim": text(result.get("claim")), "dtype": text(result.get("dtype")),
+                "device": text(result.get("device")), "keras_backend": text(result.get("keras_backend")),
+                "point": text(row.get("point")), "shape": text(row.get("shape")), "variant": text(row.get("variant")),
+                "median": format_seconds(row.get("median_s")), "iqr": format_seconds(row.get("iqr_s")),
+                "repeats": text(row.get("repeats")),
+                "relative": MISSING if relative is None else f"{relative:.2f}×",
+                "peak": format_bytes(row.get("peak_bytes")), "memory_method": text(row.get("memory_method")),
+            })
+    return rows
+
+
+def _speed_section(report: dict[str, Any]) -> list[str]:
+    rows = speed_rows(report)
+    if not rows:
+        return []
+    lines = ["## Speed", "",
+             "Benchmark, not a check: median wall time of each variant's forward on the same input (IQR over "
+             "the repeats), relative to the fastest variant of the claim at the same grid point. Peak memory "
+             "is measured by the named method (tracemalloc: Python-side and NumPy allocations only).", ""]
+    table = [[md_code(r["claim"]), md_escape(r["point"]) + " " + md_code(r["shape"]), md_code(r["variant"]),
+              md_escape(r["dtype"]), md_escape(r["device"]), md_escape(r["keras_backend"]),
+              md_escape(r["median"]), md_escape(r["iqr"]), md_escape(r["repeats"]), md_escape(r["relative"]),
+              md_escape(r["peak"]) + " (" + md_escape(r["memory_method"]) + ")"] for r in rows]
+    return lines + _table(["Claim", "Grid point", "Variant", "dtype", "Device", "Keras backend", "Median", "IQR",
+                           "Repeats", "Relative", "Peak memory"], table,
+                          ["---", "---", "---", "---", "---", "---", "---:", "---:", "---:", "---:", "---:"])
+
+
 def _failures_section(report: dict[str, Any]) -> list[str]:
     failed = [result for result in results_of(report) if status_of(result) in ("failed", "error")]
     if not failed:
@@ -486,7 +521,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     """report.md: what a reviewer reads in a pull request."""
     report = as_dict(report)
     sections = [["# Layer conformance report", ""] + _headline(report), _matrix_section(report),
-                _differ_section(report), _failures_section(report), _skips_section(report),
+                _differ_section(report), _failures_section(report), _speed_section(report),
+                _skips_section(report),
                 _claims_section(report), _environment_section(report)]
     return "\n\n".join("\n".join(section) for section in sections if section) + "\n"
 

@@ -31,26 +31,31 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, int]:
     return summary
 
 
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Write JSON through a temporary file in the same folder and rename it into place.
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write through a temporary file in the same folder and rename it into place.
 
-    A reader never sees a half-written file: either the old one or the new one.
+    A reader never sees a half-written file: either the old one or the new one. The mode is the old
+    file's, or 0644 (mkstemp creates 0600; reports are read by others: CI artifacts, web servers).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=False, allow_nan=False)
-            handle.write("\n")
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read by others (CI artifacts)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Strict JSON (no NaN/inf), written atomically."""
+    return write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
 
 
 def validate_report(report: Any, source: str = "report") -> dict[str, Any]:
