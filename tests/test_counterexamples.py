@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 import adapters
+from planting import FaultyAdapter
 from adapters import get_adapter
-from adapters.base import Adapter
+
 from adapters.spec import LayerSpec
 from reports.cli import main as cli_main
 from suites.catalog import CLAIMS_BY_ID
@@ -37,35 +38,6 @@ FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "jax", "flax")
 # what a standalone script may import besides json, os, sys and numpy (Keras: jax too, for its jax backend)
 SCRIPT_IMPORTS = {"torch": {"torch"}, "keras": {"keras", "jax"}, "flax.linen": {"jax", "flax"},
                   "flax.nnx": {"jax", "flax"}}
-
-
-class FaultyAdapter(Adapter):
-    """Delegates to a real adapter; the weights it is given and/or its outputs go through a fault."""
-
-    def __init__(self, inner: Adapter, fault: Callable | None = None, weights_fault: Callable | None = None):
-        self.inner, self.fault, self.weights_fault = inner, fault, weights_fault
-        self.name, self.classes, self.distributions = inner.name, inner.classes, inner.distributions
-
-    def available(self):
-        return self.inner.available()
-
-    def devices(self):
-        return self.inner.devices()
-
-    def _supports(self, spec, dtype, device):
-        return self.inner._supports(spec, dtype, device)
-
-    def _build(self, spec, weights, dtype, device):
-        if self.weights_fault:
-            weights = self.weights_fault(spec, dict(weights))
-        layer = self.inner._build(spec, weights, dtype, device)
-        if self.fault:
-            original, fault = layer._forward, self.fault
-            layer._forward = lambda x: fault(original(x))  # type: ignore[method-assign]
-        return layer
-
-    def default_weights(self, spec, seed):
-        return self.inner.default_weights(spec, seed)
 
 
 def _dropped_bias(spec, w):
@@ -83,7 +55,7 @@ def plant(monkeypatch):
         inner = get_adapter(framework)
         if inner.available():
             pytest.skip(inner.available())
-        monkeypatch.setitem(adapters._CACHE, framework, FaultyAdapter(inner, fault, weights_fault))
+        monkeypatch.setitem(adapters._CACHE, framework, FaultyAdapter(inner, (lambda layer, y: fault(y)) if fault else (lambda layer, y: y), weights_fault))
         return lambda: monkeypatch.setitem(adapters._CACHE, framework, inner)
     return plant
 
