@@ -158,6 +158,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "compare": (_delegate("reports.compare"), "diff two reports; exit 1 on regression (upgrade gate)"),
     "merge": (_delegate("reports.merge"), "join shard reports into one"),
     "repro": (_delegate("reports.repro"), "re-run a saved failing example"),
+    "faults": (_delegate("reports.faults"), "inject framework faults, run the suite under each, print the mutation score"),
 }
 
 

@@ -6,7 +6,7 @@ For a stack a_l = relu(f_l(a_{l-1})) computed in a dtype, the error e_l = |a_l -
     e_l <= |W_l| e_{l-1} + gamma(K+1, u) * (|W_l| (|a_{l-1}^ref| + e_{l-1}) + |b_l|) + (K+1) * tiny,
 
 the first term carrying earlier errors forward, the second the rounding of layer l itself (its
-inputs may already be off by e_{l-1}). Starting from e_0 = 0 this is evaluated in float64 through
+inputs may already be off by e_{l-1}); gamma carries the same last-bit allowance as suites.bounds. Starting from e_0 = 0 this is evaluated in float64 through
 the claim's own mappings, so every variant gets its composed bound at every depth.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from adapters import get_adapter, reference
 from adapters.spec import LayerSpec, Weights, numpy_dtype
-from suites.bounds import SMALLEST_NORMAL, UNIT_ROUNDOFF, gamma
+from suites.bounds import SMALLEST_NORMAL, bound_coefficient
 from suites.catalog import Claim, Variant
 from suites.strategies import Dims
 
@@ -58,7 +58,7 @@ def reference_stack(base: Variant, dims: Dims, x: np.ndarray, stack: list[Weight
     """Reference activations and composed bounds after each layer (claim layout, float64)."""
     spec = base.spec(dims)
     n = spec.reduction_length + 1
-    coefficient = gamma(n, UNIT_ROUNDOFF[dtype]) + gamma(n, UNIT_ROUNDOFF["float64"])
+    coefficient = bound_coefficient(n, dtype)
     a = np.asarray(x, np.float64)
     e = np.zeros_like(a)
     activations, bounds = [], []

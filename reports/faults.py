@@ -1,0 +1,148 @@
+"""`conformance faults`: inject framework-level faults, run the relevant suites under each, score them.
+
+A fault is CAUGHT when any result of its run failed; a benign perturbation passes when no result
+failed or errored over at least --benign-examples examples (run under the `thorough` profile).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from reports.schema import ReportError, load_report, write_json_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ("dev", "ci", "thorough", "debug")
+FAULT_FAILING = ("failed", "error")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conformance faults",
+        description="Monkeypatch the frameworks with each fault of suites/faults.py, run the suites that exercise "
+                    "the patched op, and print the mutation score (caught faults / faults) and whether the benign "
+                    "perturbations passed. Exit 0 when every fault is caught and every benign one passes.")
+    parser.add_argument("--faults", default=None, metavar="ID,...", help="fault ids (default: all)")
+    parser.add_argument("--profile", choices=PROFILES, default="ci",
+                        help="hypothesis profile for the faults (default: %(default)s); benign ones run `thorough`")
+    parser.add_argument("--out", default="conformance-faults", metavar="DIR", help="output folder (default: %(default)s)")
+    parser.add_argument("--benign-examples", type=int, default=1000, metavar="N",
+                        help="examples a benign perturbation must pass (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="hide the pytest output of each run")
+    return parser
+
+
+def pytest_command(fault: Any, report: Path, profile: str) -> list[str]:
+    """The pytest run for one fault: its framework only, float32 on cpu, the claims and checks it touches."""
+    tests = " or ".join(f"test_{check}" for check in fault.checks)
+    selection = f"({tests})"
+    if fault.claims:
+        selection += " and (" + " or ".join(f"[{claim}-float32" for claim in fault.claims) + ")"
+    return [sys.executable, "-m", "pytest", str(ROOT / "suites"), "--rootdir", str(ROOT), "-q", "-p", "no:cacheprovider",
+            "-p", "suites.fault_plugin", "--conformance-fault", fault.id, "--conformance-report", str(report),
+            "--conformance-devices", "cpu", "--conformance-dtypes", "float32",
+            "--conformance-require", fault.frameworks[0], "--conformance-frameworks", ",".join(fault.frameworks),
+            "--hypothesis-profile", profile, "-k", selection, "-x" if fault.kind == "fault" else "-rN"]
+
+
+def judge(fault: Any, report: dict[str, Any], benign_examples: int) -> dict[str, Any]:
+    results = report["results"]
+    failing = [r for r in results if r["status"] in FAULT_FAILING]
+    examples = sum(int(r.get("examples") or 0) for r in results if r["status"] != "skipped")
+    row = {"id": fault.id, "framework": fault.framework, "kind": fault.kind, "description": fault.description,
+           "results": len(results), "examples": examples,
+           "caught_by": sorted({f"{r['check']}:{r['claim']}" for r in failing}),
+           "caught_by_checks": sorted({r["check"] for r in failing})}
+    if fault.kind == "fault":
+        row["caught"] = bool(failing)
+    else:
+        row["passed"] = not failing and examples >= benign_examples
+        if not failing and examples < benign_examples:
+            row["note"] = f"only {examples} examples, fewer than the {benign_examples} required"
+    return row
+
+
+def _markdown(rows: list[dict[str, Any]], score: str, benign: str) -> str:
+    lines = ["# Framework fault injection", "", f"Mutation score: **{score}**", "", f"Benign: **{benign}**", "",
+             "| fault | framework | kind | caught / passed | caught by checks | examples |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        verdict = ("CAUGHT" if r["caught"] else "MISSED") if r["kind"] == "fault" else ("passed" if r["passed"] else "FAILED")
+        lines.append(f"| `{r['id']}` | {r['framework']} | {r['kind']} | {verdict} | "
+                     f"{', '.join(r['caught_by_checks']) or '-'} | {r['examples']} |")
+    lines += ["", "## Details", ""]
+    for r in rows:
+        lines.append(f"- `{r['id']}`: {r['description']}" + (f"; caught by {', '.join(r['caught_by'])}" if r["caught_by"] else "")
+                     + (f" ({r['note']})" if r.get("note") else "") + (f" (error: {r['error']})" if r.get("error") else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = f"{'fault':<36} {'framework':<9} {'kind':<7} {'result':<7} {'caught by checks':<18} {'examples':>8}"
+    out = [header, "-" * len(header)]
+    for r in rows:
+        verdict = ("CAUGHT" if r["caught"] else "MISSED") if r["kind"] == "fault" else ("passed" if r["passed"] else "FAILED")
+        out.append(f"{r['id']:<36} {r['framework']:<9} {r['kind']:<7} {verdict:<7} "
+                   f"{','.join(r['caught_by_checks']) or '-':<18} {r['examples']:>8}")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from suites.faults import FAULTS, FAULTS_BY_ID
+
+    if args.faults:
+        wanted = [f.strip() for f in args.faults.split(",") if f.strip()]
+        unknown = [f for f in wanted if f not in FAULTS_BY_ID]
+        if unknown:
+            print(f"conformance faults: error: unknown fault(s) {', '.join(unknown)}; valid ids: "
+                  f"{', '.join(FAULTS_BY_ID)}", file=sys.stderr)
+            return 2
+        faults = [FAULTS_BY_ID[f] for f in wanted]
+    else:
+        faults = list(FAULTS)
+    if args.benign_examples < 0:
+        parser.exit(2, "conformance faults: error: --benign-examples must be >= 0\n")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.exit(2, f"conformance faults: error: cannot create output folder {out} ({exc.strerror or exc})\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"), KERAS_BACKEND="tensorflow")
+    rows = []
+    for fault in faults:
+        report_path = out / f"fault-{fault.id}.json"
+        report_path.unlink(missing_ok=True)
+        profile = "thorough" if fault.kind == "benign" else args.profile
+        print(f"conformance faults: {fault.id} ({fault.kind}, profile {profile})", flush=True)
+        started = time.perf_counter()
+        code = subprocess.call(pytest_command(fault, report_path, profile), env=env, cwd=str(ROOT),
+                               stdout=subprocess.DEVNULL if args.quiet else None)
+        try:
+            row = judge(fault, load_report(report_path), args.benign_examples)
+        except ReportError as exc:  # the run itself broke: neither caught nor passed, say why
+            row = {"id": fault.id, "framework": fault.framework, "kind": fault.kind, "description": fault.description,
+                   "results": 0, "examples": 0, "caught_by": [], "caught_by_checks": [],
+                   "error": f"pytest exit code {code}: {exc}", **({"caught": False} if fault.kind == "fault" else {"passed": False})}
+        row["duration"] = round(time.perf_counter() - started, 1)
+        rows.append(row)
+    real = [r for r in rows if r["kind"] == "fault"]
+    benign = [r for r in rows if r["kind"] == "benign"]
+    caught = sum(r["caught"] for r in real)
+    score = f"{caught}/{len(real)} = {caught / len(real):.0%}" if real else "n/a (no faults run)"
+    benign_text = (f"{sum(r['passed'] for r in benign)}/{len(benign)} passed, "
+                   f"{sum(r['examples'] for r in benign)} examples" if benign else "n/a (none run)")
+    print()
+    print(_table(rows))
+    print(f"\nmutation score: {score}\nbenign: {benign_text}")
+    (out / "faults.md").write_text(_markdown(rows, score, benign_text), encoding="utf-8")
+    write_json_atomic(out / "faults.json", {"mutation_score": caught / len(real) if real else None, "caught": caught,
+                                            "faults": len(real), "benign_passed": sum(r["passed"] for r in benign),
+                                            "benign": len(benign), "benign_examples_required": args.benign_examples,
+                                            "results": rows})
+    print(f"conformance faults: wrote {out / 'faults.md'} and {out / 'faults.json'}")
+    return 0 if caught == len(real) and all(r["passed"] for r in benign) else 1

@@ -1,0 +1,51 @@
+"""pytest plugin: `-p suites.fault_plugin --conformance-fault ID` runs the suite on a broken framework.
+
+The fault (suites/faults.py) is installed in pytest_configure, before collection and before any
+adapter builds a layer; xdist workers load this plugin with the same options and install it too.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+_ADAPTER_MODULES = {"torch": "adapters.torch", "keras": "adapters.keras", "flax": "adapters.flax"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "layer-conformance reports")
+    group.addoption("--conformance-fault", default=None, metavar="ID",
+                    help="monkeypatch the framework with this fault from suites/faults.py for the whole run")
+
+
+@pytest.hookimpl(trylast=True)  # after the suite's own configure: its option checks come first
+def pytest_configure(config: pytest.Config) -> None:
+    fault_id = config.getoption("--conformance-fault")
+    if not fault_id:
+        return
+    from suites.faults import FAULTS_BY_ID
+
+    fault = FAULTS_BY_ID.get(fault_id)
+    if fault is None:
+        raise pytest.UsageError(f"--conformance-fault: unknown fault {fault_id!r}; "
+                                f"choose from {', '.join(FAULTS_BY_ID)}")
+    # the adapter imports its framework the way the suite does (quiet TensorFlow start-up, x64 for jax)
+    module = importlib.import_module(_ADAPTER_MODULES[fault.framework])
+    if fault.framework == "keras" and module.BACKEND != "tensorflow":
+        raise pytest.UsageError(f"--conformance-fault {fault_id}: patches Keras' TensorFlow backend, but "
+                                f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}; run with KERAS_BACKEND=tensorflow")
+    config._conformance_fault_uninstall = fault.install()  # type: ignore[attr-defined]
+    config._conformance_fault = fault  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    uninstall = getattr(config, "_conformance_fault_uninstall", None)
+    if uninstall is not None:
+        uninstall()
+        config._conformance_fault_uninstall = None  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    fault = getattr(config, "_conformance_fault", None)
+    return [f"layer-conformance: FAULT INJECTED {fault.id} ({fault.kind}): {fault.description}"] if fault else []
