@@ -160,15 +160,17 @@ class NnxAdapter(_FlaxAdapter):
     name = "flax.nnx"
     classes = {("dense", 0): "Linear", ("conv", 1): "Conv", ("conv", 2): "Conv"}
 
-    def _module(self, spec: LayerSpec, dtype: str, seed: int) -> nnx.Module:
+    def _module(self, spec: LayerSpec, dtype: str, seed: int, initialize: bool = True) -> nnx.Module:
         kw = dict(use_bias=spec.bias, dtype=_DTYPES[dtype], param_dtype=_DTYPES[dtype], rngs=nnx.Rngs(seed))
+        if not initialize:  # the weights are overwritten at once: skip the random draw (a JAX compile per shape)
+            kw.update(kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init())
         if spec.kind == "dense":
             return nnx.Linear(spec.in_features, spec.out_features, **kw)
         return nnx.Conv(spec.in_features, spec.out_features, spec.kernel_size, strides=spec.strides,
                         padding=_padding(spec), kernel_dilation=spec.dilation, feature_group_count=spec.groups, **kw)
 
     def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
-        module = self._module(spec, dtype, 0)
+        module = self._module(spec, dtype, 0, initialize=False)
         for name, value in weights.items():
             getattr(module, name).set_value(_array(_layout(value, name, spec, True), dtype, device))
         return NnxLayer(self, spec, dtype, device, module)

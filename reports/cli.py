@@ -52,6 +52,8 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keras-backends", type=_csv, default=None, metavar="LIST",
                         help=f"Keras backends to run, each in its own process (default: the installed ones of "
                              f"{','.join(KERAS_BACKENDS)})")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="skip the speed check (timings of every variant; sets CONFORMANCE_SPEED=0)")
     parser.add_argument("-n", "--workers", default=None, metavar="N",
                         help="pytest-xdist workers per run (e.g. 2 or auto; default: serial)")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
@@ -105,6 +107,8 @@ def run(argv: list[str]) -> int:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
         if backend:
             env["KERAS_BACKEND"] = backend
+        if args.no_speed:
+            env["CONFORMANCE_SPEED"] = "0"
         print(f"conformance run: suites with KERAS_BACKEND={backend or '(keras not installed)'}", flush=True)
         code = subprocess.call(_pytest_command(args, shard, backend, index == 0), env=env, cwd=str(ROOT))
         codes.append(code)

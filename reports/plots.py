@@ -255,13 +255,63 @@ def error_vs_depth(results: list[dict[str, Any]], title: str = "") -> bytes | No
     return _png(fig)
 
 
+def _speed_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
+    """(grid point, variant, relative time) of every speed row with a positive relative time."""
+    rows = []
+    for result in results:
+        if not isinstance(result, dict) or result.get("check") != "speed" or not isinstance(result.get("speed"), list):
+            continue
+        several = len({r.get("dtype") for r in results if isinstance(r, dict) and r.get("check") == "speed"}) > 1
+        for row in result["speed"]:
+            if not isinstance(row, dict):
+                continue
+            value = _finite(row.get("relative"))
+            if value is None or value <= 0:
+                continue
+            point = str(row.get("point") or row.get("shape") or "–")
+            if several:
+                point += f" · {result.get('dtype')}"
+            rows.append((point, str(row.get("variant", "–")), value))
+    return rows
+
+
+def speed_plot(results: list[dict[str, Any]], title: str = "") -> bytes | None:
+    """Median forward time of each variant over the fastest variant of its claim at the same grid
+    point: horizontal bars on a log axis, one colour per grid point; None without speed rows."""
+    rows = _speed_rows(results)
+    if not rows:
+        return None
+    points = list(dict.fromkeys(point for point, _, _ in rows))
+    fig = _figure(7.5, max(1.6, 0.28 * len(rows) + 1.0))
+    ax = fig.add_subplot()
+    labels = []
+    for index, (point, variant, value) in enumerate(rows):
+        colour_index = points.index(point)
+        ax.barh(index, value, left=0, color=OTHER_COLOURS[colour_index % len(OTHER_COLOURS)],
+                label=_label(point) if point not in [r[0] for r in rows[:index]] else None)
+        labels.append(_label(variant, 55))
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    low = min(value for _, _, value in rows)
+    ax.set_xlim(left=min(low, 1.0) / 1.5, right=max(value for _, _, value in rows) * 1.5)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("median forward time / fastest variant at the same grid point (log)")
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    _legend(fig, [ax])
+    if title:
+        fig.suptitle(_label(title, 110), fontsize=10)
+    return _png(fig)
+
+
 def claim_plots(results: list[dict[str, Any]], title: str = "") -> dict[str, Any]:
-    """Both plots for one claim as data: URIs (None where there is nothing to draw).
+    """The plots for one claim as data: URIs (None where there is nothing to draw).
 
     A plot that fails to draw must not cost the whole report: its error is returned instead.
     """
-    plots: dict[str, Any] = {"histogram": None, "scatter": None, "depth": None, "errors": []}
-    for name, draw in (("histogram", bound_ratio_histogram), ("scatter", error_vs_length), ("depth", error_vs_depth)):
+    plots: dict[str, Any] = {"histogram": None, "scatter": None, "depth": None, "speed": None, "errors": []}
+    for name, draw in (("histogram", bound_ratio_histogram), ("scatter", error_vs_length), ("depth", error_vs_depth),
+                       ("speed", speed_plot)):
         try:
             png = draw(results, title)
         except Exception as exc:  # noqa: BLE001 - report data is arbitrary; keep the rest of the page

@@ -10,7 +10,7 @@ differ rows must really differ).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import numpy as np
 from hypothesis import strategies as st
@@ -54,7 +54,7 @@ class Claim:
     dtypes: tuple[str, ...] = DTYPES
     dtype_note: str = ""  # why a dtype is left out, shown as the skip reason
     data_styles: tuple[str, ...] | None = None  # None: all; differ rows need generic (continuous) data
-    checks: tuple[str, ...] = ("forward", "gradient", "params", "init", "depth", "batch")
+    checks: tuple[str, ...] = ("forward", "gradient", "params", "init", "depth", "batch", "speed")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,7 +157,8 @@ def _tied_claim(id: str, title: str, L: int, k: int, s: int, N: int) -> Claim:
 
 def _xfw_conv(id: str, title: str, source: str, dims: st.SearchStrategy[Dims], example: Dims,
               frameworks: tuple[str, ...] = FRAMEWORKS, checks: tuple[str, ...] | None = None) -> Claim:
-    extra = {"checks": ("forward", "gradient", "params", "init", "batch")} if checks is None else {"checks": checks}
+    extra = {"checks": ("forward", "gradient", "params", "init", "batch", "speed")} if checks is None \
+        else {"checks": checks}
     return Claim(id, title, "equal", source, dims, _seq_shape,
                  tuple(Variant(fw, lambda d: d["spec"]) for fw in frameworks), example, **extra)
 
@@ -197,7 +198,7 @@ def _flatten_claim(id: str, title: str, relation: str, w_map: Callable[[Weights,
                  w_map=w_map, how=how)),
         {"B": 2, "H": 3, "W": 2, "C": 4, "N": 5},
         data_styles=None if relation == "equal" else ("normal", "uniform"),
-        checks=("forward", "gradient", "params", "batch") if relation == "equal" else ("forward",),
+        checks=("forward", "gradient", "params", "batch", "speed") if relation == "equal" else ("forward",),
         **({} if relation == "equal" else {"dtypes": DIFFER_DTYPES, "dtype_note": DIFFER_NOTE}))
 
 
@@ -388,15 +389,27 @@ def _validate(claim: Claim) -> None:
             raise CatalogError(f"claim {claim.id}: {label} agrees with {labels[0]} on generic data; not a differ row")
 
 
-def evaluate_reference(variant: Variant, dims: Dims, x: np.ndarray,
-                       weights: Weights) -> tuple[np.ndarray, np.ndarray, LayerSpec, np.ndarray, Weights]:
-    """The variant in float64: (output, magnitude, spec, layer input, layer weights), claim layout."""
+class Reference(NamedTuple):
+    """A variant evaluated in float64: claim-layout output and magnitude, and the layer-level pieces."""
+
+    y: np.ndarray
+    magnitude: np.ndarray
+    spec: LayerSpec
+    layer_x: np.ndarray
+    layer_w: Weights
+    layer_y: np.ndarray
+    layer_magnitude: np.ndarray
+
+
+def evaluate_reference(variant: Variant, dims: Dims, x: np.ndarray, weights: Weights) -> Reference:
+    """The variant in float64, each of the layer's output and magnitude computed once."""
     spec = variant.spec(dims)
     layer_x = variant.x_in(x, dims)
     layer_w = variant.w_map(weights, dims)
-    y = variant.y_out(reference.forward(spec, layer_x, layer_w), dims)
-    m = variant.y_out(reference.magnitude(spec, layer_x, layer_w), dims)
-    return y, m, spec, layer_x, layer_w
+    layer_y = reference.forward(spec, layer_x, layer_w)
+    layer_m = reference.magnitude(spec, layer_x, layer_w)
+    return Reference(variant.y_out(layer_y, dims), variant.y_out(layer_m, dims), spec, layer_x, layer_w,
+                     layer_y, layer_m)
 
 
 for _claim in CLAIMS:

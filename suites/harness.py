@@ -134,7 +134,7 @@ class ClaimRunner:
 
         claim, dtype, device = self.case
         dims, x, weights, style = self.draw(data)
-        out_shape = evaluate_reference(claim.variants[0], dims, x, weights)[0].shape
+        out_shape = evaluate_reference(claim.variants[0], dims, x, weights).y.shape
         seed = data.draw(st.integers(0, 2 ** 32 - 1), label="cotangent seed")
         cotangent = random_array(np.random.default_rng(seed), out_shape, "normal", dtype)
         expected = None
@@ -353,19 +353,20 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
     target = evaluate_reference(claim.variants[0], dims, x, weights)
     for variant in variants:
         label = variant.label(dims)
-        ref_y, _, spec, layer_x, layer_w = evaluate_reference(variant, dims, x, weights)
+        ref = target if variant is claim.variants[0] else evaluate_reference(variant, dims, x, weights)
+        ref_y, spec, layer_x, layer_w = ref.y, ref.spec, ref.layer_x, ref.layer_w
         adapter = get_adapter(variant.framework)
         reason = adapter.supports(spec, dtype, device)
         if reason:  # geometry drawn for this example only (e.g. Keras: stride and dilation together)
             outcome.skipped[label] = reason
             continue
         layer_y = adapter.build(spec, layer_w, dtype, device).forward(layer_x).astype(np.float64)
-        layer_bound = error_bound(spec.reduction_length, reference.magnitude(spec, layer_x, layer_w), dtype)
+        layer_bound = error_bound(spec.reduction_length, ref.layer_magnitude, dtype)
         y, bound = variant.y_out(layer_y, dims), variant.y_out(layer_bound, dims)
-        expected = target[0] if claim.relation == "equal" else ref_y
+        expected = target.y if claim.relation == "equal" else ref_y
         error, ratio, index = bound_ratio(y, expected, bound)
         v = VariantOutcome(label, variant.framework, spec, layer_x, layer_w, layer_y,
-                           reference.forward(spec, layer_x, layer_w), layer_bound, y, bound, error, ratio)
+                           ref.layer_y, layer_bound, y, bound, error, ratio)
         divergence = divergence_for(variant.framework, spec, dtype, "forward", layer_x.shape)
         if divergence:  # measured and reported, never failing the row
             v.divergence = divergence.id
@@ -381,7 +382,7 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
                 outcome.failures.append(f"{label} on {device} and on cpu differ by {error:.3g} at {index}, {ratio:.3g}x "
                                         f"twice the error bound (same weights, same input)")
         if claim.relation == "differ" and variant is not claim.variants[0]:
-            gap = bound_ratio(ref_y, target[0], error_bound(spec.reduction_length, target[1], dtype))[1]
+            gap = bound_ratio(ref_y, target.y, error_bound(spec.reduction_length, target.magnitude, dtype))[1]
             outcome.separation = gap if outcome.separation is None else min(outcome.separation, gap)
             if not gap > 1.0:
                 outcome.failures.append(f"{label} does not differ from {claim.variants[0].label(dims)} on this "
