@@ -40,6 +40,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "claims with a Keras variant)")
     group.addoption("--conformance-devices", default="cpu,gpu", type=_csv, metavar="LIST",
                     help="devices to check; one no framework sees is skipped with the reason (default: cpu,gpu)")
+    group.addoption("--conformance-numerics", default="strict", choices=("strict", "default"),
+                    help="strict: TF32 off and highest matmul precision in every framework (the bound's u is "
+                         "the dtype's); default: each framework's own defaults, e.g. TF32 on GPUs (default: strict)")
     group.addoption("--conformance-require", default="", type=_csv, metavar="LIST",
                     help="only claims with a variant of one of these frameworks (e.g. keras, for extra backends)")
 

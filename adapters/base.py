@@ -125,6 +125,10 @@ class Adapter(abc.ABC):
         """Devices and numeric-mode flags, for the report's fingerprint (imports the framework)."""
         return {"devices": self.devices(), "numeric_modes": {}}
 
+    def set_numerics(self, mode: str) -> None:
+        """"strict": full float32 everywhere (TF32 off, highest matmul precision); "default": leave the
+        framework's own defaults. Every check runs under the mode in force, and the report records it."""
+
 
 class UnavailableAdapter(Adapter):
     """Stands in for a framework that cannot be imported; every check with it skips with the reason."""
@@ -146,3 +150,6 @@ class UnavailableAdapter(Adapter):
 
     def environment(self) -> dict[str, Any]:
         return {"devices": [], "numeric_modes": {}, "unavailable": self._reason}
+
+    def set_numerics(self, mode: str) -> None:
+        return None

@@ -79,6 +79,10 @@ class _FlaxAdapter(Adapter):
     def devices(self) -> list[str]:
         return ["cpu", "gpu"] if _gpu_devices() else ["cpu"]
 
+    def set_numerics(self, mode: str) -> None:
+        if mode == "strict":
+            jax.config.update("jax_default_matmul_precision", "highest")
+
     def environment(self) -> dict[str, Any]:
         devices = [str(d) for d in jax.devices("cpu")] + [str(d) for d in _gpu_devices()]
         modes = {"jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),

@@ -224,6 +224,20 @@ class KerasAdapter(Adapter):
         layer.build(self._input_shape(spec))
         return KerasLayer(self, spec, "float32", "cpu", layer).weights()
 
+    def set_numerics(self, mode: str) -> None:
+        if mode != "strict":
+            return
+        if BACKEND == "tensorflow":
+            tf.config.experimental.enable_tensor_float_32_execution(False)
+        elif BACKEND == "jax":
+            jax.config.update("jax_default_matmul_precision", "highest")
+        elif BACKEND == "torch":
+            import torch
+
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            torch.set_float32_matmul_precision("highest")
+
     def environment(self) -> dict[str, Any]:
         modes: dict[str, Any] = {"keras.backend": BACKEND, "keras.floatx": keras.config.floatx(),
                                  "keras.dtype_policy": keras.config.dtype_policy().name}

@@ -130,6 +130,12 @@ class TorchAdapter(Adapter):
             return str(exc)
         return None
 
+    def set_numerics(self, mode: str) -> None:
+        if mode == "strict":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            torch.set_float32_matmul_precision("highest")
+
     def environment(self) -> dict[str, Any]:
         modes = {
             "torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,

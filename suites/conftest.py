@@ -10,6 +10,7 @@ from suites.catalog import CLAIMS
 from suites.harness import Case, ClaimRunner
 
 _RECORDED: set[str] = set()
+_NUMERICS_SET: set[str] = set()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,6 +42,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -> Iterator[ClaimRunner]:
     check = getattr(request.function, "check", "forward")
     selected = set(request.config.getoption("--conformance-frameworks"))
+    numerics = request.config.getoption("--conformance-numerics")
+    for variant in request.param.claim.variants:  # once per framework and process, before its first layer
+        if variant.framework not in _NUMERICS_SET and variant.framework in selected:
+            _NUMERICS_SET.add(variant.framework)
+            from adapters import get_adapter
+
+            get_adapter(variant.framework).set_numerics(numerics)
+    conformance_record["numerics"] = numerics
     runner = ClaimRunner(request.param, conformance_record, check=check, frameworks=selected,
                          counterexamples=counterexample_folder(request.config))
     yield runner

@@ -135,3 +135,17 @@ def test_default_weights_have_canonical_shapes(framework):
     weights = adapter.default_weights(spec, seed=0)
     assert weights["kernel"].shape == spec.kernel_shape() and weights["bias"].shape == (6,)
     assert np.std(weights["kernel"]) > 0
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_strict_numerics_turn_reduced_precision_off(framework):
+    """--conformance-numerics strict: TF32 off and highest matmul precision, as the fingerprint then shows."""
+    adapter = adapter_or_skip(framework)
+    adapter.set_numerics("strict")
+    modes = adapter.environment()["numeric_modes"]
+    for name, value in modes.items():
+        if "tf32" in name.lower() or "tensor_float_32" in name:
+            assert value is False, (name, value)
+        if "matmul_precision" in name:
+            assert value == "highest", (name, value)
+    assert any("tf32" in n.lower() or "tensor_float_32" in n or "matmul_precision" in n for n in modes)
