@@ -22,6 +22,7 @@ class Divergence:
     evidence: str
     checks: tuple[str, ...] = ("forward", "gradient")
     gradients: tuple[str, ...] = ("input", "kernel")  # which VJPs it affects in the gradient check
+    crash: bool = False  # the framework aborts the process: the variant is not run there (skipped with this text)
 
 
 DIVERGENCES: tuple[Divergence, ...] = (
@@ -52,6 +53,25 @@ DIVERGENCES: tuple[Divergence, ...] = (
                  "VALID: 5-8 of 20; lengths 2, 3, 5 and stride 3: 0 of 20; float16 and float32: never.",
         checks=("gradient",),
         gradients=("kernel",),
+    ),
+    Divergence(
+        id="tf-float64-grouped-dilated-conv-grad-abort",
+        framework="keras",
+        applies=lambda spec, dtype, backend, shape: (
+            backend == "tensorflow" and dtype == "float64" and spec.kind == "conv" and spec.groups > 1
+            and any(d > 1 and lo + hi > n for d, (lo, hi), n in
+                    zip(spec.dilation, spec.explicit_padding(shape[1:-1]), shape[1:-1]))),
+        summary="TensorFlow aborts the whole process (Fatal Python error: Aborted, in the Slice of _PadGrad) when "
+                "differentiating a float64 grouped, dilated Keras Conv1D/Conv2D whose padding exceeds the input "
+                "length; the variant's gradient is therefore not run for such layers.",
+        evidence="tensorflow-cpu 2.21.0, keras 3.15.1: Conv1D(4, 5, dilation_rate=3, groups=2, padding='causal') "
+                 "(or explicit (12, 0) padding) on float64 input (2, 8, 2): GradientTape.gradient aborts; the same "
+                 "with groups=1, dilation 1, float32, or input length 16 with padding 2 works; raw "
+                 "tf.nn.convolution float64 grouped gradients raise 'Gradients for grouped convolutions are not "
+                 "supported on CPU'.",
+        checks=("gradient",),
+        gradients=("input", "kernel", "bias"),
+        crash=True,
     ),
 )
 

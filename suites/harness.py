@@ -142,6 +142,9 @@ class ClaimRunner:
         for variant in self.runnable:
             spec = variant.spec(dims)
             reason = get_adapter(variant.framework).supports(spec, dtype, device)
+            crash = divergence_for(variant.framework, spec, dtype, "gradient", variant.x_in(x, dims).shape)
+            if crash and crash.crash:
+                reason = f"not run, documented divergence {crash.id}: {crash.summary}"
             if reason:
                 self.skipped[f"{variant.label(dims)} (some examples)"] = reason
                 continue

@@ -233,3 +233,18 @@ def test_cpu_gpu_agreement_is_checked(monkeypatch):
     runner = ClaimRunner(Case(claim, "float32", "gpu"), {})
     with pytest.raises(AssertionError, match="on gpu and on cpu differ"):
         agree()
+
+
+def test_grouped_dilated_float64_abort_is_scoped(monkeypatch):
+    import suites.divergences as divergences
+    from adapters.spec import LayerSpec
+
+    monkeypatch.setattr(divergences, "keras_backend", lambda: "tensorflow")
+    match = divergences.divergence_for
+    causal = LayerSpec.conv(2, 4, 5, padding="causal", dilation=3, groups=2)
+    found = match("keras", causal, "float64", "gradient", (2, 8, 2))
+    assert found and found.crash
+    assert match("keras", causal, "float64", "gradient", (2, 16, 2)) is None  # padding 12 < 16
+    assert match("keras", causal.with_(groups=1), "float64", "gradient", (2, 8, 2)) is None
+    assert match("keras", causal, "float32", "gradient", (2, 8, 2)) is None
+    assert match("keras", causal, "float64", "forward", (2, 8, 2)) is None
