@@ -140,8 +140,9 @@ def _vjp_tensorflow(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, lis
 
 def _vjp_jax(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:
     trainable = [v.value for v in layer.native.trainable_variables]
-    _, pullback = jax.vjp(layer._stateless, x, trainable)
-    dx, dvars = pullback(cotangent)
+    y, pullback = jax.vjp(layer._stateless, x, trainable)
+    # under a mixed policy stateless_call may return the variable dtype: the cotangent must match it
+    dx, dvars = pullback(jax.numpy.asarray(cotangent, y.dtype))
     return dx, list(dvars)
 
 
@@ -151,7 +152,7 @@ def _vjp_torch(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any
     x = x.detach().requires_grad_(True)
     trainable = [v.value.detach().requires_grad_(True) for v in layer.native.trainable_variables]
     y = layer._stateless(x, trainable)
-    dx, *dvars = torch.autograd.grad(y, [x, *trainable], grad_outputs=cotangent)
+    dx, *dvars = torch.autograd.grad(y, [x, *trainable], grad_outputs=cotangent.to(y.dtype))
     return dx, dvars
 
 
