@@ -30,6 +30,7 @@ DIVERGENCES: tuple[Divergence, ...] = (
         id="keras-torch-float64-matmul",
         framework="keras",
         applies=lambda spec, dtype, backend, shape: backend == "torch" and dtype == "float64" and spec.kind == "dense",
+        checks=("forward", "gradient", "batch", "depth"),
         summary="Keras Dense in float64 on the torch backend computes in float32: keras.ops.matmul casts both "
                 "float64 operands to keras.backend.result_type(float64, float64), which is float32 on every "
                 "backend but tensorflow (keras/src/backend/common/dtypes.py, BIT64_TO_BIT32_DTYPE), then casts "

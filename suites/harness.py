@@ -188,7 +188,8 @@ class ClaimRunner:
         curve = self.record.setdefault("depth_curve", {})
         failures, worst = [], (0.0, 0.0)
         for variant in self.runnable:
-            if get_adapter(variant.framework).supports(variant.spec(dims), dtype, device):
+            if get_adapter(variant.framework).supports(variant.spec(dims), dtype, device) \
+                    or self._diverges(variant, variant.spec(dims), x, dims):
                 continue
             label = variant.label(dims)
             outputs = framework_stack(variant, dims, x, stack, dtype, device)
@@ -217,7 +218,7 @@ class ClaimRunner:
         failures, worst = [], (0.0, 0.0)
         for variant in self.runnable:
             spec = variant.spec(dims)
-            if get_adapter(variant.framework).supports(spec, dtype, device):
+            if get_adapter(variant.framework).supports(spec, dtype, device) or self._diverges(variant, spec, x, dims):
                 continue
             label = variant.label(dims)
             layer = get_adapter(variant.framework).build(spec, variant.w_map(weights, dims), dtype, device)
@@ -241,6 +242,13 @@ class ClaimRunner:
         if failures:
             raise AssertionError(f"claim {claim.id} [{dtype}, {device}] batch: {claim.title}\n  "
                                  + "\n  ".join(failures) + f"\n  dims={_describe_dims(dims)}, data style={style}")
+
+    def _diverges(self, variant: Variant, spec: LayerSpec, x: np.ndarray, dims: Dims) -> bool:
+        """A documented divergence makes this variant incomparable in this check: skip it, with the reason."""
+        divergence = divergence_for(variant.framework, spec, self.case.dtype, self.check, variant.x_in(x, dims).shape)
+        if divergence:
+            self.skipped[f"{variant.label(dims)} (some examples)"] = f"documented divergence {divergence.id}"
+        return divergence is not None
 
     def frameworks_used(self) -> set[str]:
         return {v.framework for v in self.runnable}
