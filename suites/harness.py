@@ -168,8 +168,7 @@ class ClaimRunner:
             pytest.skip("; ".join(sorted(set(reasons))))
         self._note_sample(worst, claim.variants[0].spec(dims).reduction_length)
         if failures:
-            raise AssertionError(f"claim {claim.id} [{dtype}, {device}] gradient: {claim.title}\n  "
-                                 + "\n  ".join(failures) + f"\n  dims={_describe_dims(dims)}, data style={style}")
+            self._fail("gradient", failures, dims, style)
 
     def depth_example(self, data: st.DataObject) -> None:
         """Stacks of up to MAX_DEPTH layers per variant; error against depth under the composed bound."""
@@ -205,8 +204,7 @@ class ClaimRunner:
                     break
         self._note_sample(worst, spec.reduction_length)
         if failures:
-            raise AssertionError(f"claim {claim.id} [{dtype}, {device}] depth {depth}: {claim.title}\n  "
-                                 + "\n  ".join(failures) + f"\n  dims={_describe_dims(dims)}")
+            self._fail(f"depth {depth}", failures, dims)
 
     def batch_example(self, data: st.DataObject) -> None:
         """Batched output == per-sample outputs (within both bounds); a repeated run is bitwise identical."""
@@ -221,11 +219,12 @@ class ClaimRunner:
             if get_adapter(variant.framework).supports(spec, dtype, device) or self._diverges(variant, spec, x, dims):
                 continue
             label = variant.label(dims)
-            layer = get_adapter(variant.framework).build(spec, variant.w_map(weights, dims), dtype, device)
-            bound = variant.y_out(error_bound(spec.reduction_length, reference.magnitude(
-                spec, variant.x_in(x, dims), variant.w_map(weights, dims)), dtype), dims)
-            full = variant.y_out(layer.forward(variant.x_in(x, dims)), dims)
-            again = variant.y_out(layer.forward(variant.x_in(x, dims)), dims)
+            layer_x, layer_w = variant.x_in(x, dims), variant.w_map(weights, dims)
+            layer = get_adapter(variant.framework).build(spec, layer_w, dtype, device)
+            bound = variant.y_out(error_bound(spec.reduction_length, reference.magnitude(spec, layer_x, layer_w),
+                                              dtype), dims)
+            full = variant.y_out(layer.forward(layer_x), dims)
+            again = variant.y_out(layer.forward(layer_x), dims)
             if not np.array_equal(full, again, equal_nan=True):
                 failures.append(f"{label} is not deterministic: two runs on the same input differ by "
                                 f"{np.max(np.abs(full.astype(np.float64) - again.astype(np.float64))):.3g}")
@@ -240,8 +239,13 @@ class ClaimRunner:
                     break
         self._note_sample(worst, claim.variants[0].spec(dims).reduction_length)
         if failures:
-            raise AssertionError(f"claim {claim.id} [{dtype}, {device}] batch: {claim.title}\n  "
-                                 + "\n  ".join(failures) + f"\n  dims={_describe_dims(dims)}, data style={style}")
+            self._fail("batch", failures, dims, style)
+
+    def _fail(self, what: str, failures: list[str], dims: Dims, style: str | None = None) -> None:
+        __tracebackhide__ = True
+        claim, dtype, device = self.case
+        raise AssertionError(f"claim {claim.id} [{dtype}, {device}] {what}: {claim.title}\n  " + "\n  ".join(failures)
+                             + f"\n  dims={_describe_dims(dims)}" + (f", data style={style}" if style else ""))
 
     def _diverges(self, variant: Variant, spec: LayerSpec, x: np.ndarray, dims: Dims) -> bool:
         """A documented divergence makes this variant incomparable in this check: skip it, with the reason."""
