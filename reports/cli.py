@@ -2,22 +2,37 @@
 
 Start-up stays fast: nothing here imports a framework; `run` starts pytest in child processes
 (one per Keras backend, since Keras picks its backend once, at import).
+
+Bad input (unknown options, unusable files, unwritable output) gives one line on stderr naming the
+problem and the fix, and exit status 2. SIGINT/SIGTERM during `run` are passed on to the pytest
+child, which stops in order and writes its report; `run` then writes the merged partial report
+(`"complete": false`) and exits 128 + the signal number (130, 143).
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 from reports.schema import ReportError, load_report, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 PROFILES = ("dev", "ci", "thorough", "debug")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: `PROG: error: PROBLEM; run `PROG --help` for the options`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; run `{self.prog} --help` for the "
+                     f"options\n")
 
 
 def _installed(module: str) -> bool:
@@ -36,7 +51,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="conformance run",
         description="Run the conformance suites (once per Keras backend), merge the results and write "
                     "report.json (plus report.md and report.html) into the output folder. Arguments after "
@@ -79,10 +94,25 @@ def _pytest_command(args: argparse.Namespace, shard: Path, backend: str | None, 
     return cmd + extra
 
 
-def run(argv: list[str]) -> int:
-    parser = _run_parser()
-    args = parser.parse_args(argv)
-    out = Path(args.out)
+def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Everything pytest would refuse later, refused now, in one line (adapters' names import no framework)."""
+    from adapters import FRAMEWORKS
+    from adapters.base import DEVICES
+    from adapters.spec import DTYPES
+
+    for option, known in (("frameworks", FRAMEWORKS), ("dtypes", DTYPES), ("devices", DEVICES)):
+        value = getattr(args, option)
+        if value is not None and not value:
+            parser.error(f"--{option} is empty; name at least one of {', '.join(known)}")
+        unknown = [item for item in value or () if item not in known]
+        if unknown:
+            parser.error(f"--{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    if args.workers is not None and args.workers not in ("auto", "logical") \
+            and not (args.workers.isdigit() and int(args.workers) > 0):
+        parser.error(f"-n/--workers: {args.workers!r} is not a number of workers; give a positive integer or auto")
+
+
+def _check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -91,6 +121,74 @@ def run(argv: list[str]) -> int:
     except OSError as exc:
         parser.exit(2, f"{parser.prog}: error: cannot write to output folder {out} ({exc.strerror or exc}); "
                        f"choose a writable --out\n")
+
+
+class _Forwarder:
+    """While `run` works: SIGINT/SIGTERM are noted and passed on to the running pytest child.
+
+    The child (its conformance plugin) stops in order and writes its shard; `run` starts no further
+    backend, merges what was written and reports the interruption. Handlers are set only in the main
+    thread and restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.child: subprocess.Popen[Any] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Forwarder":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+            print(f"conformance run: {signal.Signals(signum).name} received; stopping the suite, the report "
+                  f"will be marked incomplete", file=sys.stderr, flush=True)
+        self.forward(signum)
+
+    def forward(self, signum: int) -> None:
+        child = self.child
+        if child is not None and child.poll() is None:
+            try:
+                child.send_signal(signum)
+            except OSError:  # it ended meanwhile
+                pass
+
+    def call(self, cmd: list[str], **kwargs: Any) -> int:
+        self.child = subprocess.Popen(cmd, **kwargs)
+        try:
+            if self.received is not None:  # arrived while the child was being started
+                self.forward(self.received)
+            return self.child.wait()
+        finally:
+            self.child = None
+
+
+def _child_environment(backend: str | None, no_speed: bool) -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    if no_speed:
+        env["CONFORMANCE_SPEED"] = "0"
+    database = env.get("CONFORMANCE_HYPOTHESIS_DB", "")
+    if database and database.lower() not in ("none", "off") and not os.path.isabs(database):
+        env["CONFORMANCE_HYPOTHESIS_DB"] = os.path.abspath(database)  # pytest runs in the project folder
+    return env
+
+
+def run(argv: list[str]) -> int:
+    parser = _run_parser()
+    args = parser.parse_args(argv)
+    _check_run_args(parser, args)
+    out = Path(args.out)
+    _check_output_folder(parser, out)
     if not (ROOT / "conftest.py").is_file() or not (ROOT / "suites").is_dir():
         parser.exit(2, f"{parser.prog}: error: the suites are not found next to the installed package ({ROOT}); "
                        f"install layer-conformance from a clone with `pip install -e .`\n")
@@ -99,34 +197,44 @@ def run(argv: list[str]) -> int:
     if unknown:
         parser.exit(2, f"{parser.prog}: error: unknown Keras backend(s) {', '.join(unknown)}; "
                        f"choose from {', '.join(KERAS_BACKENDS)}\n")
-    shards: list[tuple[str, Path]] = []
-    codes: list[int] = []
-    for index, backend in enumerate(backends):
-        shard = out / "shards" / f"report-keras-{backend or 'none'}.json"
-        shard.unlink(missing_ok=True)
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
-        if backend:
-            env["KERAS_BACKEND"] = backend
-        if args.no_speed:
-            env["CONFORMANCE_SPEED"] = "0"
-        print(f"conformance run: suites with KERAS_BACKEND={backend or '(keras not installed)'}", flush=True)
-        code = subprocess.call(_pytest_command(args, shard, backend, index == 0), env=env, cwd=str(ROOT))
-        codes.append(code)
-        if shard.is_file():
-            shards.append((f"keras-{backend or 'none'}", shard))
-        else:
-            print(f"conformance run: the run for backend {backend} wrote no report (pytest exit code {code})",
-                  file=sys.stderr)
-    if not shards:
-        print(f"{parser.prog}: error: no run produced a report; see the pytest output above", file=sys.stderr)
-        return 2
-    report = _merge(shards)
-    _write_outputs(report, out)
+    with _Forwarder() as signals:
+        shards: list[tuple[str, Path]] = []
+        codes: list[int] = []
+        for index, backend in enumerate(backends):
+            if signals.received is not None:
+                break
+            shard = out / "shards" / f"report-keras-{backend or 'none'}.json"
+            shard.unlink(missing_ok=True)
+            print(f"conformance run: suites with KERAS_BACKEND={backend or '(keras not installed)'}", flush=True)
+            code = signals.call(_pytest_command(args, shard, backend, index == 0),
+                                env=_child_environment(backend, args.no_speed), cwd=str(ROOT))
+            codes.append(code)
+            if shard.is_file():
+                shards.append((f"keras-{backend or 'none'}", shard))
+            else:
+                print(f"conformance run: the run for backend {backend} wrote no report (pytest exit code {code})",
+                      file=sys.stderr)
+        interrupted = signals.received
+        if not shards:
+            if interrupted is not None:
+                print(f"{parser.prog}: interrupted by {signal.Signals(interrupted).name} before any run wrote a "
+                      f"report; nothing was written", file=sys.stderr)
+                return 128 + interrupted
+            print(f"{parser.prog}: error: no run produced a report; see the pytest output above", file=sys.stderr)
+            return 2
+        report = _merge(shards)
+        if interrupted is not None or len(shards) < len(backends):
+            report["complete"] = False  # a backend not run, or one that wrote nothing, is missing results
+        _write_outputs(report, out)
     from reports.table import format_table
 
     print(format_table(report["results"]))
     summary = ", ".join(f"{v} {k}" for k, v in report["summary"].items())
     print(f"\nconformance run: {summary}; complete={report['complete']}; wrote {out / 'report.json'}")
+    if interrupted is not None:
+        print(f"{parser.prog}: interrupted by {signal.Signals(interrupted).name}; the report holds the results "
+              f"finished before it (complete: false)", file=sys.stderr)
+        return 128 + interrupted
     if report["summary"].get("failed") or report["summary"].get("error"):
         return 1
     return 0 if all(code in (0, 5) for code in codes) else max(codes)
@@ -168,7 +276,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="conformance",
         description="layer-conformance: do weight-transferred layers agree across PyTorch, Keras and Flax?",
         epilog="commands:\n" + "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
@@ -176,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER)
+    if not argv:
+        parser.error(f"no command given; use one of {', '.join(COMMANDS)}")
     parsed = parser.parse_args(argv[:1])
     try:
         return COMMANDS[parsed.command][0](argv[1:])

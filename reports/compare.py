@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from reports.schema import ReportError, load_report, summarize, write_text_atomic
+from reports.schema import ReportError, load_report, require_results, summarize, write_text_atomic
 
 DRIFT_FLOOR = 1e-3
 DEFAULT_FACTOR = 2.0
@@ -413,7 +413,9 @@ def _positive_factor(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from reports.cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog="conformance compare",
         description="Compare a current report.json with a baseline; exit 1 on regression, 2 on unusable input.")
     parser.add_argument("baseline", help="report.json of the accepted run")
@@ -428,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        baseline = load_report(args.baseline)
-        current = load_report(args.current)
+        baseline = require_results(load_report(args.baseline), args.baseline)
+        current = require_results(load_report(args.current), args.current)
     except ReportError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,9 @@ FAULT_FAILING = ("failed", "error")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from reports.cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog="conformance faults",
         description="Monkeypatch the frameworks with each fault of suites/faults.py, run the suites that exercise "
                     "the patched op, and print the mutation score (caught faults / faults) and whether the benign "
@@ -93,25 +95,29 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.benign_examples < 0:
+        parser.error(f"--benign-examples must be >= 0, got {args.benign_examples}")
     from suites.faults import FAULTS, FAULTS_BY_ID
 
-    if args.faults:
+    if args.faults is not None:
         wanted = [f.strip() for f in args.faults.split(",") if f.strip()]
         unknown = [f for f in wanted if f not in FAULTS_BY_ID]
-        if unknown:
-            print(f"conformance faults: error: unknown fault(s) {', '.join(unknown)}; valid ids: "
-                  f"{', '.join(FAULTS_BY_ID)}", file=sys.stderr)
+        if unknown or not wanted:
+            problem = f"unknown fault(s) {', '.join(unknown)}" if unknown else "--faults names no fault"
+            print(f"conformance faults: error: {problem}; choose from {', '.join(FAULTS_BY_ID)}", file=sys.stderr)
             return 2
         faults = [FAULTS_BY_ID[f] for f in wanted]
     else:
         faults = list(FAULTS)
-    if args.benign_examples < 0:
-        parser.exit(2, "conformance faults: error: --benign-examples must be >= 0\n")
     out = Path(args.out)
-    try:
+    try:  # before any suite runs: the results are written at the very end
         out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
     except OSError as exc:
-        parser.exit(2, f"conformance faults: error: cannot create output folder {out} ({exc.strerror or exc})\n")
+        parser.exit(2, f"conformance faults: error: cannot write to output folder {out} ({exc.strerror or exc}); "
+                       f"choose a writable --out\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"), KERAS_BACKEND="tensorflow")
     rows = []
     for fault in faults:

@@ -22,7 +22,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from reports.compare import result_key, severity
-from reports.schema import SCHEMA, ReportError, load_report, summarize, validate_report, write_json_atomic
+from reports.schema import (
+    SCHEMA, ReportError, load_report, require_results, summarize, validate_report, write_json_atomic,
+)
 
 
 def _leaf_shards(name: str, report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -115,7 +117,9 @@ def merge_reports(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from reports.cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog="conformance merge",
         description="Merge shard report.json files (xdist workers, CI jobs, Keras backends) into one report.")
     parser.add_argument("inputs", nargs="+", metavar="REPORT.json", help="shard reports to merge")
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        named = [(path, load_report(path)) for path in args.inputs]
+        named = [(path, require_results(load_report(path), path)) for path in args.inputs]
         merged = merge_reports(named)
     except ReportError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

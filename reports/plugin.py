@@ -3,12 +3,19 @@
 Suites fill a plain dict from the `conformance_record` fixture; it rides on
 `item.user_properties`, so it reaches the controller under pytest-xdist too. The plugin
 never imports a framework: the suites hand it numbers and environment facts.
+
+An interrupted run still writes its report, marked `"complete": false`, with every result finished
+so far: in the controller process the plugin turns SIGTERM (as well as SIGINT) into an orderly
+interruption (see `SignalGuard`).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import platform
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +46,67 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(plugin, "conformance-report")
     if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when pytest-xdist is active
         config.pluginmanager.register(_XdistHooks(plugin), "conformance-report-xdist")
+    if not plugin.is_worker:  # xdist workers are stopped by their controller
+        plugin.signals.install()
+        config.pluginmanager.register(_EarlyReport(plugin), "conformance-report-early")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    plugin = config.stash.get(_PLUGIN_KEY, None)
+    if plugin is not None:
+        plugin.signals.restore()
+
+
+class SignalGuard:
+    """SIGINT and SIGTERM stop the run in order: the first one raises KeyboardInterrupt in the main thread.
+
+    pytest then ends the session as it does on Ctrl-C: teardowns run, `pytest_sessionfinish` writes the
+    report with `"complete": false`, and the exit status is 2 (interrupted). Without this, SIGTERM (what
+    CI runners, `timeout` and container stops send) ends the process at once and no report is written.
+
+    A repeat within `DUPLICATE_WINDOW` seconds is taken as the same request (a terminal's Ctrl-C reaches
+    `conformance run` and its pytest both, and `conformance run` forwards it too) and ignored; a later
+    one interrupts the shutdown itself. While the report is being written, signals are only noted.
+    Handlers are installed only where the process still has the default ones (a program that runs
+    pytest with its own handlers, or with a signal ignored, keeps them), and restored at unconfigure.
+    """
+
+    DUPLICATE_WINDOW = 2.0
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the first signal, if any
+        self.writing = False
+        self._first_at = 0.0
+        self._previous: dict[int, Any] = {}
+        self._handler = self._handle  # one bound method, so that restore() can recognise it
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for name, default in (("SIGTERM", signal.SIG_DFL), ("SIGINT", signal.default_int_handler)):
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            current = signal.getsignal(signum)
+            if current is default:
+                signal.signal(signum, self._handler)
+                self._previous[signum] = current
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._handler:
+                signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if self.received is None:
+            self.received, self._first_at = signum, now
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the run stops; the report is written "
+                                    f"with complete: false")
+        if self.writing or now - self._first_at < self.DUPLICATE_WINDOW:
+            return
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: stopping the shutdown")
 
 
 def base_environment() -> dict[str, Any]:
@@ -116,6 +184,7 @@ class ConformancePlugin:
         self.environment = base_environment()
         self.interrupted = False
         self.is_worker = hasattr(config, "workerinput")
+        self.signals = SignalGuard()
 
     def add_environment(self, framework: str, info: dict[str, Any]) -> None:
         self.environment["devices"][framework] = info.get("devices", [])
@@ -138,16 +207,17 @@ class ConformancePlugin:
         if record is None:
             return
         if report.when == "call" or report.outcome != "passed":
-            row = self.results.setdefault(report.nodeid, {})
+            old = self.results.get(report.nodeid, {})
             status = _status(report)
-            if row.get("status") in ("failed", "error") and report.when == "teardown" and status == "passed":
+            if old.get("status") in ("failed", "error") and report.when == "teardown" and status == "passed":
                 return
-            row.update(record)
-            row.update({"nodeid": report.nodeid, "status": status})
+            row = {**old, **record, "nodeid": report.nodeid, "status": status}
             if report.skipped:
                 row["reason"] = _skip_reason(report)
             elif report.failed and not row.get("reason"):
                 row["reason"] = _first_lines(report.longreprtext)
+            # one assignment: an interruption arriving here leaves the old row or the new one, never half
+            self.results[report.nodeid] = row
 
     def take_worker_environment(self, env: dict[str, Any]) -> None:
         self.environment["devices"].update(env.get("devices", {}))
@@ -174,9 +244,23 @@ class ConformancePlugin:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker or not self.path:
             return
-        complete = not self.interrupted and exitstatus not in (pytest.ExitCode.INTERRUPTED,
-                                                              pytest.ExitCode.INTERNAL_ERROR)
-        write_json_atomic(self.path, self.report(complete))
+        self.write(self.incomplete_because(exitstatus) is None)
+
+    def incomplete_because(self, exitstatus: int) -> str | None:
+        if self.signals.received is not None:
+            return signal.Signals(self.signals.received).name
+        if self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED:
+            return "interruption"
+        if exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+            return "internal error"
+        return None
+
+    def write(self, complete: bool) -> None:
+        self.signals.writing = True  # a signal now must not cut the write short
+        try:
+            write_json_atomic(self.path, self.report(complete))
+        finally:
+            self.signals.writing = False
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or not self.results:
@@ -188,6 +272,23 @@ class ConformancePlugin:
         where = f"; report: {self.path}" if self.path else ""
         terminalreporter.write_line(
             "conformance: " + ", ".join(f"{v} {k}" for k, v in summary.items() if v) + where)
+
+
+class _EarlyReport:
+    """An interrupted run writes its report first thing in sessionfinish, then again last.
+
+    Other plugins' sessionfinish can take a while after an interruption (pytest-xdist waits for busy
+    workers before it kills them), and whoever sent SIGTERM may follow with SIGKILL: the first write
+    makes sure the results are on disk; the last adds what arrived meanwhile (workers' environment).
+    """
+
+    def __init__(self, plugin: ConformancePlugin):
+        self.plugin = plugin
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.plugin.path and self.plugin.incomplete_because(exitstatus) is not None:
+            self.plugin.write(complete=False)
 
 
 class _XdistHooks:

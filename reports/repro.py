@@ -24,7 +24,9 @@ def _csv(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from reports.cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog=PROG,
         description="Re-run a failing example saved by the suite (the .npz named in the failure message and in "
                     "the report) against the float64 reference, with the frameworks installed here. Exit status: "
@@ -152,18 +154,40 @@ def _print_table(outcome: Any, saved: dict[str, Any], skipped: dict[str, str]) -
         print(f"  skipped {label}: {reason}")
 
 
+def _check_version(saved: dict[str, Any]) -> None:
+    """The loader accepts any counterexample/vN document; only the version this code writes can be re-run."""
+    from suites.counterexamples import SCHEMA
+
+    schema = str(saved["meta"].get("schema"))
+    prefix, _, version = SCHEMA.rpartition("/v")
+    found = schema.rpartition("/v")[2] if schema.startswith(prefix + "/v") else ""
+    if schema != SCHEMA:
+        if found.isdigit() and int(found) > int(version):
+            raise _Unusable(f"{saved['path']}: written by a newer layer-conformance (schema {schema!r}, this one "
+                            f"reads {SCHEMA!r}); upgrade layer-conformance to re-run it")
+        raise _Unusable(f"{saved['path']}: unsupported counterexample schema {schema!r} (expected {SCHEMA!r}); "
+                        f"re-run the failing test to save it again")
+    if not saved["variants"]:
+        raise _Unusable(f"{saved['path']}: records no variants, so there is nothing to re-run; re-run the failing "
+                        f"test to save it again")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     from suites.counterexamples import CounterexampleError, load_counterexample
 
     try:
         saved = load_counterexample(args.path)
+        _check_version(saved)
         _print_header(saved)
         sys.stdout.flush()
         return _rerun(saved, args.frameworks)
     except (CounterexampleError, _Unusable) as exc:
         sys.stdout.flush()
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        text = " ".join(str(exc).split())
+        if ";" not in text:  # every message names the fix
+            text += "; pass the .npz named in the failure message (`reproduce: conformance repro PATH`)"
+        print(f"{PROG}: error: {text}", file=sys.stderr)
         return 2
 
 

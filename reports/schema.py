@@ -65,12 +65,13 @@ def validate_report(report: Any, source: str = "report") -> dict[str, Any]:
                           f"pass a report.json written by `conformance run`")
     schema = report.get("schema")
     if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
-        raise ReportError(f"{source}: not a layer-conformance report (schema={schema!r}); "
-                          f"expected schema {SCHEMA!r}")
+        raise ReportError(f"{source}: not a layer-conformance report (schema={schema!r}, expected {SCHEMA!r}); "
+                          f"pass a report.json written by `conformance run`")
     try:
         version = int(schema[len(SCHEMA_PREFIX):])
     except ValueError:
-        raise ReportError(f"{source}: unreadable schema version in {schema!r}; expected {SCHEMA!r}") from None
+        raise ReportError(f"{source}: unreadable schema version in {schema!r} (expected {SCHEMA!r}); pass a "
+                          f"report.json written by `conformance run`") from None
     if version > SCHEMA_VERSION:
         raise ReportError(f"{source}: written by a newer layer-conformance (schema {schema!r}, this one reads "
                           f"{SCHEMA!r}); upgrade layer-conformance to read it")
@@ -94,6 +95,14 @@ def validate_report(report: Any, source: str = "report") -> dict[str, Any]:
     return report
 
 
+def require_results(report: dict[str, Any], source: str) -> dict[str, Any]:
+    """For commands that judge results (compare, merge): a report with none is refused, not read as 'all fine'."""
+    if not report.get("results"):
+        raise ReportError(f"{source}: holds no results (its run selected no tests, or stopped before the first "
+                          f"one finished); re-run the suite with a selection that runs tests")
+    return report
+
+
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate a report.json; every problem becomes a ReportError with a one-line message."""
     source = Path(path)
@@ -101,8 +110,8 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ReportError(f"{source}: no such file; pass the path of a report.json written by `conformance run`")
     if source.is_dir():
         hint = source / "report.json"
-        extra = f" (did you mean {hint}?)" if hint.is_file() else ""
-        raise ReportError(f"{source}: is a directory, expected a report.json file{extra}")
+        fix = f"pass {hint}" if hint.is_file() else "pass the report.json file, not its folder"
+        raise ReportError(f"{source}: is a directory, expected a report.json file; {fix}")
     try:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
