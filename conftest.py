@@ -2,23 +2,44 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything can import TensorFlow
 
 import pytest
 from hypothesis import HealthCheck, Verbosity, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 pytest_plugins = ["reports.plugin"]
 
+DATABASE_ENV = "CONFORMANCE_HYPOTHESIS_DB"
+
+
+def example_database() -> DirectoryBasedExampleDatabase | None:
+    """Hypothesis' example database (failing examples are replayed first on the next run).
+
+    $CONFORMANCE_HYPOTHESIS_DB names the folder (`none` or `off`: no database); by default it is
+    .hypothesis/examples next to this file, whatever the current directory, so that pytest and
+    `conformance run` share it and CI can cache one path. The derandomized `ci` profile never uses it:
+    hypothesis ties derandomize=True to database=None, and that is what makes its runs identical.
+    """
+    where = os.environ.get(DATABASE_ENV, "").strip()
+    if where.lower() in ("none", "off"):
+        return None
+    return DirectoryBasedExampleDatabase(Path(where).resolve() if where else
+                                         Path(__file__).resolve().parent / ".hypothesis" / "examples")
+
+
 _COMMON = dict(
     deadline=None,  # first calls compile kernels (XLA, oneDNN): wall-clock deadlines would be noise
-    print_blob=True,
+    print_blob=True,  # every failure prints its @reproduce_failure(...) decorator
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.register_profile("dev", max_examples=20, **_COMMON)
-settings.register_profile("ci", max_examples=50, derandomize=True, **_COMMON)
-settings.register_profile("thorough", max_examples=500, **_COMMON)
-settings.register_profile("debug", max_examples=10, verbosity=Verbosity.verbose, **_COMMON)
+_DATABASE = example_database()
+settings.register_profile("dev", max_examples=20, database=_DATABASE, **_COMMON)
+settings.register_profile("ci", max_examples=50, derandomize=True, **_COMMON)  # database=None (derandomized)
+settings.register_profile("thorough", max_examples=500, database=_DATABASE, **_COMMON)
+settings.register_profile("debug", max_examples=10, verbosity=Verbosity.verbose, database=_DATABASE, **_COMMON)
 PROFILES = ("dev", "ci", "thorough", "debug")
 DEFAULT_PROFILE = os.environ.get("CONFORMANCE_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 if DEFAULT_PROFILE not in PROFILES:
