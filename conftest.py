@@ -35,11 +35,23 @@ _COMMON = dict(
     print_blob=True,  # every failure prints its @reproduce_failure(...) decorator
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+EXAMPLES_ENV = "CONFORMANCE_EXAMPLES"  # examples per test, overriding every profile's own number
+
+
+def _examples(default: int) -> int:
+    value = os.environ.get(EXAMPLES_ENV, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"{EXAMPLES_ENV}={value!r} is not a number of examples; set a positive integer or unset it")
+    return int(value)
+
+
 _DATABASE = example_database()
-settings.register_profile("dev", max_examples=20, database=_DATABASE, **_COMMON)
-settings.register_profile("ci", max_examples=50, derandomize=True, **_COMMON)  # database=None (derandomized)
-settings.register_profile("thorough", max_examples=500, database=_DATABASE, **_COMMON)
-settings.register_profile("debug", max_examples=10, verbosity=Verbosity.verbose, database=_DATABASE, **_COMMON)
+settings.register_profile("dev", max_examples=_examples(20), database=_DATABASE, **_COMMON)
+settings.register_profile("ci", max_examples=_examples(50), derandomize=True, **_COMMON)  # database=None (derandomized)
+settings.register_profile("thorough", max_examples=_examples(500), database=_DATABASE, **_COMMON)
+settings.register_profile("debug", max_examples=_examples(10), verbosity=Verbosity.verbose, database=_DATABASE, **_COMMON)
 PROFILES = ("dev", "ci", "thorough", "debug")
 DEFAULT_PROFILE = os.environ.get("CONFORMANCE_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 if DEFAULT_PROFILE not in PROFILES:
@@ -75,7 +87,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
     for option, known in (("frameworks", FRAMEWORKS), ("dtypes", DTYPES), ("devices", DEVICES),
                           ("require", FRAMEWORKS)):
-        unknown = set(config.getoption(f"--conformance-{option}")) - set(known)
+        value = config.getoption(f"--conformance-{option}")
+        if isinstance(value, str):  # `pytest --help` leaves defaults unconverted
+            value = _csv(value)
+        unknown = set(value) - set(known)
         if unknown:
             raise pytest.UsageError(f"--conformance-{option}: unknown {', '.join(sorted(unknown))}; "
                                     f"choose from {', '.join(known)}")

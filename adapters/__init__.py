@@ -25,7 +25,7 @@ FRAMEWORKS = tuple(_REGISTRY)
 _CACHE: dict[str, Adapter] = {}
 
 __all__ = ["Adapter", "Layer", "LayerSpec", "SpecError", "Weights", "DTYPES", "FRAMEWORKS",
-           "get_adapter", "class_name", "convert"]
+           "get_adapter", "class_name", "clear_programs", "convert"]
 
 
 def get_adapter(framework: str) -> Adapter:
@@ -41,6 +41,20 @@ def get_adapter(framework: str) -> Adapter:
                       f"install it with: pip install 'layer-conformance[{extra}]'")
             _CACHE[framework] = UnavailableAdapter(framework, reason, classes)
     return _CACHE[framework]
+
+
+def clear_programs() -> None:
+    """Drop every compiled layer program (Flax, Keras on jax) of the frameworks imported so far.
+
+    Programs trace the framework's ops once per geometry; after monkeypatching those ops in a live
+    process (a fault injected by suites.fault_plugin) they must be traced again.
+    """
+    import sys
+
+    for module_name in ("adapters.flax", "adapters.keras"):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            module.clear_programs()
 
 
 def class_name(framework: str, spec: LayerSpec) -> str:

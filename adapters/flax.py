@@ -4,12 +4,14 @@ Two adapters share this module: "flax.linen" and "flax.nnx".
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import numpy as np
 
 from .base import Adapter, Layer, canonical
-from .spec import LayerSpec, Weights
+from .spec import LayerSpec, Weights, numpy_dtype
 
 import jax  # noqa: E402
 
@@ -31,11 +33,12 @@ def _device(device: str) -> Any:
 
 
 def _array(array: np.ndarray, dtype: str, device: str) -> Any:
-    return jax.device_put(jnp.asarray(array, dtype=_DTYPES[dtype]), _device(device))
+    # rounded on the host: an eager jnp cast would compile a program for every new shape
+    return jax.device_put(np.asarray(array).astype(numpy_dtype(dtype)), _device(device))
 
 
 def _numpy(array: Any, dtype: str) -> np.ndarray:
-    return canonical(np.asarray(jnp.asarray(array, jnp.float64)), dtype)
+    return canonical(np.asarray(array).astype(np.float64), dtype)
 
 
 def _flax_border_pairs(spec: LayerSpec) -> tuple[tuple[int, int], ...]:
@@ -86,24 +89,48 @@ class _FlaxAdapter(Adapter):
     def environment(self) -> dict[str, Any]:
         devices = [str(d) for d in jax.devices("cpu")] + [str(d) for d in _gpu_devices()]
         modes = {"jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-                 "jax_enable_x64": bool(jax.config.jax_enable_x64)}
+                 "jax_enable_x64": bool(jax.config.jax_enable_x64),
+                 "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "flax.execution": "jax.jit",
+                 "jax.persistent_compilation_cache": "on" if jax.config.jax_compilation_cache_dir else "off"}
         return {"devices": devices, "numeric_modes": modes}
 
 
+@functools.lru_cache(maxsize=512)
+def _linen_program(spec: LayerSpec, dtype: str) -> tuple[Any, Any]:
+    """jax.jit-compiled apply and VJP of one linen layer geometry (XLA compiles once per input shape).
+
+    Flax layers run under jax.jit as they do in training: eager op-by-op dispatch compiles every
+    primitive for every new shape, about six times the cost of one jit compile of the whole layer.
+    """
+    module = LINEN._module(spec, dtype)
+
+    def apply(x: Any, params: dict[str, Any]) -> Any:
+        return module.apply({"params": params}, x)
+
+    def vjp(x: Any, params: dict[str, Any], cotangent: Any) -> Any:
+        _, pullback = jax.vjp(apply, x, params)
+        return pullback(cotangent)
+
+    return jax.jit(apply), jax.jit(vjp)
+
+
+def clear_programs() -> None:
+    """Forget the compiled layers (after patching jax.lax, e.g. to inject a fault, in a live process)."""
+    _linen_program.cache_clear()
+    _nnx_program.cache_clear()
+    jax.clear_caches()
+
+
 class LinenLayer(Layer):
-    def _apply(self, x: Any, params: dict[str, Any]) -> Any:
-        return self.native.apply({"params": params}, x)
-
-    def _params(self) -> dict[str, Any]:
-        return self._params_dict
-
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        y = self._apply(_array(_layout(x, "x", self.spec, True), self.dtype, self.device), self._params_dict)
+        apply, _ = _linen_program(self.spec, self.dtype)
+        y = apply(_array(_layout(x, "x", self.spec, True), self.dtype, self.device), self._params_dict)
         return _numpy(_layout(y, "x", self.spec, False), self.dtype)
 
     def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
-        _, pullback = jax.vjp(self._apply, _array(x, self.dtype, self.device), self._params_dict)
-        dx, dparams = pullback(_array(cotangent, self.dtype, self.device))
+        _, vjp = _linen_program(self.spec, self.dtype)
+        dx, dparams = vjp(_array(x, self.dtype, self.device), self._params_dict,
+                          _array(cotangent, self.dtype, self.device))
         return _numpy(dx, self.dtype), {k: _numpy(v, self.dtype) for k, v in dparams.items()}
 
     def weights(self) -> Weights:
@@ -136,20 +163,39 @@ class LinenAdapter(_FlaxAdapter):
         return self._wrap(spec, "float32", "cpu", dict(params)).weights()
 
 
+@functools.lru_cache(maxsize=512)
+def _nnx_program(spec: LayerSpec, dtype: str) -> tuple[Any, Any, Any, Any]:
+    """(graph, parameter template, jitted apply, jitted VJP) of one nnx layer geometry.
+
+    The module is constructed once per geometry (its zero initializers are eager JAX ops, compiled
+    per shape); layers are its graph merged with their own parameter arrays.
+    """
+    # abstract: shapes and dtypes only (running the initializers would compile them per shape)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: NNX._module(spec, dtype, 0, initialize=False)))
+
+    def apply(x: Any, params: Any) -> Any:
+        return nnx.merge(graphdef, params)(x)
+
+    def vjp(x: Any, params: Any, cotangent: Any) -> Any:
+        _, pullback = jax.vjp(apply, x, params)
+        return pullback(cotangent)
+
+    return graphdef, state, jax.jit(apply), jax.jit(vjp)
+
+
 class NnxLayer(Layer):
+    def _state(self) -> Any:
+        return nnx.split(self.native)[1]
+
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        y = self.native(_array(_layout(x, "x", self.spec, True), self.dtype, self.device))
+        apply = _nnx_program(self.spec, self.dtype)[2]
+        y = apply(_array(_layout(x, "x", self.spec, True), self.dtype, self.device), self._state())
         return _numpy(_layout(y, "x", self.spec, False), self.dtype)
 
     def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
-        graphdef, params = nnx.split(self.native, nnx.Param)
-
-        def run(inputs: Any, state: Any) -> Any:
-            return nnx.merge(graphdef, state)(inputs)
-
-        _, pullback = jax.vjp(run, _array(x, self.dtype, self.device), params)
-        dx, dstate = pullback(_array(cotangent, self.dtype, self.device))
-        grads = {k: _numpy(_layout(dstate[k].get_value(), k, self.spec, False), self.dtype) for k in self._names()}
+        vjp = _nnx_program(self.spec, self.dtype)[3]
+        dx, dstate = vjp(_array(x, self.dtype, self.device), self._state(), _array(cotangent, self.dtype, self.device))
+        grads = {k: _numpy(_layout(_value(dstate[k]), k, self.spec, False), self.dtype) for k in self._names()}
         return _numpy(dx, self.dtype), grads
 
     def _names(self) -> list[str]:
@@ -158,6 +204,11 @@ class NnxLayer(Layer):
     def weights(self) -> Weights:
         return {k: _numpy(_layout(getattr(self.native, k).get_value(), k, self.spec, False), self.dtype)
                 for k in self._names()}
+
+
+def _value(leaf: Any) -> Any:
+    """The array of a state leaf (a Variable, or already an array, depending on the Flax version)."""
+    return leaf.get_value() if hasattr(leaf, "get_value") else getattr(leaf, "value", leaf)
 
 
 class NnxAdapter(_FlaxAdapter):
@@ -174,7 +225,8 @@ class NnxAdapter(_FlaxAdapter):
                         padding=_padding(spec), kernel_dilation=spec.dilation, feature_group_count=spec.groups, **kw)
 
     def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
-        module = self._module(spec, dtype, 0, initialize=False)
+        graphdef, template = _nnx_program(spec, dtype)[:2]
+        module = nnx.merge(graphdef, template, copy=True)  # its own Variables: the arrays are replaced below
         for name, value in weights.items():
             getattr(module, name).set_value(_array(_layout(value, name, spec, True), dtype, device))
         return NnxLayer(self, spec, dtype, device, module)

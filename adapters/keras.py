@@ -6,6 +6,7 @@ and takes channels-last activations, so `_layout` is the identity; it stays the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Any
 
@@ -14,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up 
 import numpy as np
 
 from .base import Adapter, Layer, canonical
-from .spec import POLICY_COMPUTE, LayerSpec, Weights
+from .spec import POLICY_COMPUTE, LayerSpec, Weights, numpy_dtype
 
 
 @contextlib.contextmanager
@@ -159,6 +160,74 @@ def _vjp_torch(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any
 _BACKEND_VJP = {"tensorflow": _vjp_tensorflow, "jax": _vjp_jax, "torch": _vjp_torch}
 
 
+# ---- the jax backend: one built layer and one jax.jit program per geometry ------------------------
+
+def _jax_array(array: np.ndarray, dtype: str, device: str) -> Any:
+    """Rounded to `dtype` on the host (round-to-nearest-even, as a device cast), then placed."""
+    return jax.device_put(np.asarray(array).astype(numpy_dtype(dtype)), jax.devices(_jax_platform(device))[0])
+
+
+def _jax_platform(device: str) -> str:
+    return "gpu" if device == "gpu" else "cpu"
+
+
+@functools.lru_cache(maxsize=512)
+def _jax_program(spec: LayerSpec, dtype: str, device: str) -> tuple[Any, list[str], Any, Any]:
+    """(Keras layer, its trainable variable names, jitted forward, jitted VJP) for one geometry.
+
+    On the jax backend Keras runs layers under jax.jit (fit, predict); eager calls would compile
+    every op for every new shape, and so would building a layer (its initializers). So a geometry
+    is built once and called statelessly with each layer's own weights, as Keras' trainer does.
+    """
+    with keras.device(_keras_device(device)):
+        native = ADAPTER._layer(spec, dtype)
+        native.build(KerasAdapter._input_shape(spec))
+    names = ["kernel" if v.path.endswith("kernel") else "bias" for v in native.trainable_variables]
+    non_trainable = [v.value for v in native.non_trainable_variables]
+    padder = KerasLayer(ADAPTER, spec, dtype, device, native)
+
+    def apply(trainable: list[Any], x: Any) -> Any:
+        y, _ = native.stateless_call(trainable, non_trainable, padder._pad(x))
+        return y
+
+    def vjp(trainable: list[Any], x: Any, cotangent: Any) -> Any:
+        y, pullback = jax.vjp(lambda inputs, variables: apply(variables, inputs), x, trainable)
+        # under a mixed policy stateless_call may return the variable dtype: the cotangent must match it
+        return pullback(cotangent.astype(y.dtype))
+
+    return native, names, jax.jit(apply), jax.jit(vjp)
+
+
+class KerasJaxLayer(Layer):
+    """A Keras layer on the jax backend: the geometry's shared program, this layer's own weights."""
+
+    def _program(self) -> tuple[Any, list[str], Any, Any]:
+        return _jax_program(self.spec, self.dtype, self.device)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        y = self._program()[2](self._trainable, _jax_array(x, _compute(self.dtype), self.device))
+        return canonical(np.asarray(y).astype(np.float64), self.dtype)
+
+    def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
+        _, names, _, vjp = self._program()
+        dx, dvars = vjp(self._trainable, _jax_array(x, _compute(self.dtype), self.device),
+                        _jax_array(cotangent, _compute(self.dtype), self.device))
+        # gradients of float32 variables stay float32 under a mixed policy, as Keras returns them
+        grads = {n: canonical(np.asarray(g).astype(np.float64), _variable(self.dtype)) for n, g in zip(names, dvars)}
+        return canonical(np.asarray(dx).astype(np.float64), self.dtype), grads
+
+    def weights(self) -> Weights:
+        names = self._program()[1]
+        return {n: canonical(np.asarray(v).astype(np.float64), self.dtype) for n, v in zip(names, self._trainable)}
+
+
+def clear_programs() -> None:
+    """Forget the compiled layers (after patching the backend, e.g. to inject a fault, in a live process)."""
+    _jax_program.cache_clear()
+    if BACKEND == "jax":
+        jax.clear_caches()
+
+
 class KerasAdapter(Adapter):
     name = "keras"
     distributions = ("keras",)
@@ -210,6 +279,11 @@ class KerasAdapter(Adapter):
         return (None, spec.in_features) if spec.kind == "dense" else (None, *([None] * spec.rank), spec.in_features)
 
     def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
+        if BACKEND == "jax":
+            native, names, _, _ = _jax_program(spec, dtype, device)
+            layer = KerasJaxLayer(self, spec, dtype, device, native)
+            layer._trainable = [_jax_array(_layout(weights[n], n, spec, True), _variable(dtype), device) for n in names]
+            return layer
         with keras.device(_keras_device(device)):
             layer = self._layer(spec, dtype)
             layer.build(self._input_shape(spec))
@@ -246,9 +320,13 @@ class KerasAdapter(Adapter):
             import tensorflow as tf
 
             modes["tf.config.tensor_float_32_execution"] = tf.config.experimental.tensor_float_32_execution_enabled()
+            modes["tf.config.threading.intra_op_parallelism_threads"] = \
+                tf.config.threading.get_intra_op_parallelism_threads() or os.environ.get("TF_NUM_INTRAOP_THREADS", "0 (TF default: all cores)")
             modes["TF_ENABLE_ONEDNN_OPTS"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TF default: on for CPU)")
         elif BACKEND == "jax":
             modes["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+            modes["keras.execution"] = "jax.jit (stateless_call)"
+            modes["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
         return {"devices": self.devices(), "numeric_modes": modes}
 
 

@@ -75,6 +75,26 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the frameworks a Keras backend runs on: Keras on it is compared directly with them
+NATIVE = {"tensorflow": (), "jax": ("flax.linen", "flax.nnx"), "torch": ("torch",)}
+
+
+def shard_frameworks(selected: list[str] | None, backend: str | None, first: bool) -> list[str] | None:
+    """Frameworks of one backend's pytest run (None: all).
+
+    The first backend runs everything. A later one re-runs the Keras variants, and beside them only
+    the framework Keras runs on (Flax for jax, torch for torch), so that Keras-on-jax is compared with
+    Flax and Keras-on-torch with torch in the same examples; the other frameworks' results would be
+    the first run's over again.
+    """
+    if first or backend is None:
+        return selected
+    from adapters import FRAMEWORKS
+
+    wanted = ("keras", *NATIVE.get(backend, ()))
+    return [f for f in (selected or FRAMEWORKS) if f in wanted]
+
+
 def _pytest_command(args: argparse.Namespace, shard: Path, backend: str | None, first: bool) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites"), "--rootdir", str(ROOT), "-q",
            "--conformance-report", str(shard), "-p", "no:cacheprovider",
@@ -82,10 +102,13 @@ def _pytest_command(args: argparse.Namespace, shard: Path, backend: str | None, 
            "--conformance-counterexamples", str(shard.parent.parent / "counterexamples")]
     if args.profile:
         cmd += ["--hypothesis-profile", args.profile]
-    for option in ("frameworks", "dtypes", "devices"):
+    for option in ("dtypes", "devices"):
         value = getattr(args, option)
         if value:
             cmd += [f"--conformance-{option}", ",".join(value)]
+    frameworks = shard_frameworks(args.frameworks, backend, first)
+    if frameworks is not None:
+        cmd += ["--conformance-frameworks", ",".join(frameworks)]
     if not first:  # later backends only re-run the claims that involve Keras
         cmd += ["--conformance-require", "keras"]
     if args.workers:
@@ -197,6 +220,8 @@ def run(argv: list[str]) -> int:
     if unknown:
         parser.exit(2, f"{parser.prog}: error: unknown Keras backend(s) {', '.join(unknown)}; "
                        f"choose from {', '.join(KERAS_BACKENDS)}\n")
+    if args.frameworks is not None and "keras" not in args.frameworks:
+        backends = backends[:1]  # no Keras variant selected: one run covers everything
     with _Forwarder() as signals:
         shards: list[tuple[str, Path]] = []
         codes: list[int] = []

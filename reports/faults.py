@@ -40,15 +40,28 @@ def _parser() -> argparse.ArgumentParser:
 
 def pytest_command(fault: Any, report: Path, profile: str) -> list[str]:
     """The pytest run for one fault: its framework only, float32 on cpu, the claims and checks it touches."""
-    tests = " or ".join(f"test_{check}" for check in fault.checks)
-    selection = f"({tests})"
-    if fault.claims:
-        selection += " and (" + " or ".join(f"[{claim}-float32" for claim in fault.claims) + ")"
+    rows = [f"[{claim}-float32" for claim in fault.claims] or ["["]
+    selection = " or ".join(f"test_{check}{row}" for check in fault.checks for row in rows)
     return [sys.executable, "-m", "pytest", str(ROOT / "suites"), "--rootdir", str(ROOT), "-q", "-p", "no:cacheprovider",
             "-p", "suites.fault_plugin", "--conformance-fault", fault.id, "--conformance-report", str(report),
             "--conformance-devices", "cpu", "--conformance-dtypes", "float32",
             "--conformance-require", fault.frameworks[0], "--conformance-frameworks", ",".join(fault.frameworks),
             "--hypothesis-profile", profile, "-k", selection, "-x" if fault.kind == "fault" else "-rN"]
+
+
+def benign_examples_per_test(fault: Any, total: int, env: dict[str, str]) -> int:
+    """Examples per test so that the tests a benign perturbation selects run at least `total` in all.
+
+    The selection is counted by collecting it (no framework is imported to collect); a fifth more
+    than the even share covers tests that skip at run time. At least 50, the ci profile's number.
+    """
+    collect = [*pytest_command(fault, Path(os.devnull), "ci"), "--collect-only", "-q"]
+    collect.remove("--conformance-report")
+    collect.remove(os.devnull)
+    done = subprocess.run(collect, env=env, cwd=str(ROOT), capture_output=True, text=True)
+    tests = sum(int(line.rsplit(":", 1)[1]) for line in done.stdout.splitlines()  # "-q -q": `file: count` lines
+                if line.startswith(("suites/", str(ROOT))) and line.rsplit(":", 1)[-1].strip().isdigit())
+    return max(50, -(-total * 6 // (5 * max(tests, 1))))
 
 
 def judge(fault: Any, report: dict[str, Any], benign_examples: int) -> dict[str, Any]:
@@ -124,9 +137,14 @@ def main(argv: list[str]) -> int:
         report_path = out / f"fault-{fault.id}.json"
         report_path.unlink(missing_ok=True)
         profile = "thorough" if fault.kind == "benign" else args.profile
+        run_env = env
+        if fault.kind == "benign":  # enough examples per test for --benign-examples over the selected tests
+            per_test = benign_examples_per_test(fault, args.benign_examples, env)
+            run_env = dict(env, CONFORMANCE_EXAMPLES=str(per_test))
+            profile += f", {per_test} examples per test"
         print(f"conformance faults: {fault.id} ({fault.kind}, profile {profile})", flush=True)
         started = time.perf_counter()
-        code = subprocess.call(pytest_command(fault, report_path, profile), env=env, cwd=str(ROOT),
+        code = subprocess.call(pytest_command(fault, report_path, profile.split(",")[0]), env=run_env, cwd=str(ROOT),
                                stdout=subprocess.DEVNULL if args.quiet else None)
         try:
             row = judge(fault, load_report(report_path), args.benign_examples)

@@ -1,6 +1,8 @@
 """Parametrizes the suites over catalog x dtype x device and provides the per-test runner."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -11,6 +13,70 @@ from suites.harness import Case, ClaimRunner
 
 _RECORDED: set[str] = set()
 _NUMERICS_SET: set[str] = set()
+THREADS_ENV = "CONFORMANCE_THREADS"
+
+
+def worker_threads() -> int:
+    """CPU threads per test process: the cores this process may use, shared by the xdist workers.
+
+    Two workers each running two-thread kernels on two cores spend their time waiting for a core
+    (a 0.01 ms torch Linear took 8 ms that way), so each worker gets its share. $CONFORMANCE_THREADS
+    overrides it; thread counts already set by the user (OMP_NUM_THREADS, ...) are left alone.
+    """
+    if os.environ.get(THREADS_ENV):
+        value = os.environ[THREADS_ENV]
+        if not value.isdigit() or int(value) < 1:
+            raise pytest.UsageError(f"{THREADS_ENV}={value!r} is not a thread count; set a positive integer or unset it")
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+JAX_CACHE_ENV = "CONFORMANCE_JAX_CACHE"
+JAX_CACHE_MAX_BYTES = 2 << 30
+
+
+def jax_cache_dir(rootpath: Path) -> str | None:
+    """JAX's persistent compilation cache: $CONFORMANCE_JAX_CACHE, by default .jax-cache in the rootdir.
+
+    `none` or `off` switches it off. The Flax and Keras-on-jax layers are jit-compiled once per
+    geometry and input shape; the cache keeps those executables on disk (keyed by the program, the
+    compile options and the jax/jaxlib versions), so xdist workers, the per-backend runs of
+    `conformance run` and later runs reuse them instead of compiling again. Results are those of the
+    same compiled program, so caching cannot change a verdict.
+    """
+    where = os.environ.get(JAX_CACHE_ENV, "").strip()
+    if where.lower() in ("none", "off"):
+        return None
+    return str(Path(where).resolve() if where else rootpath / ".jax-cache")
+
+
+def _configure_jax_cache(config: pytest.Config) -> None:
+    where = jax_cache_dir(Path(config.rootpath))
+    if where is None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return  # switched off, or the user configured JAX's cache directly
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = where  # read by jax at import; workers inherit it
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # layers compile in ~30 ms
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(JAX_CACHE_MAX_BYTES))  # least recently used go
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _configure_jax_cache(config)
+    _configure_threads(config)
+
+
+def _configure_threads(config: pytest.Config) -> None:
+    """In an xdist worker, before any framework is imported (adapters import them lazily): its threads.
+
+    Only workers set them: the controller runs no test, and its environment is what workers inherit.
+    """
+    if not (hasattr(config, "workerinput") or os.environ.get("PYTEST_XDIST_WORKER")) and not os.environ.get(THREADS_ENV):
+        return
+    threads = str(worker_threads())
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(name, threads)
+    if threads == "1" and "XLA_FLAGS" not in os.environ:
+        os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

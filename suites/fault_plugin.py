@@ -36,6 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--conformance-fault {fault_id}: patches Keras' TensorFlow backend, but "
                                 f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}; run with KERAS_BACKEND=tensorflow")
     config._conformance_fault_uninstall = fault.install()  # type: ignore[attr-defined]
+    from adapters import clear_programs
+
+    clear_programs()  # nothing traced before the patch may be reused
     config._conformance_fault = fault  # type: ignore[attr-defined]
 
 
@@ -43,6 +46,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     uninstall = getattr(config, "_conformance_fault_uninstall", None)
     if uninstall is not None:
         uninstall()
+        from adapters import clear_programs
+
+        clear_programs()
         config._conformance_fault_uninstall = None  # type: ignore[attr-defined]
 
 

@@ -91,3 +91,14 @@ def test_merged_shards_equal_a_single_run(tmp_path):
     single = run("single", "float32,float64")
     as_set = lambda report: {(r["nodeid"], r["check"], r["status"]) for r in report["results"]}  # noqa: E731
     assert as_set(merged) == as_set(single) and len(merged["results"]) == len(single["results"]) == 4
+
+
+def test_later_backends_rerun_keras_beside_the_framework_it_runs_on():
+    from reports.cli import shard_frameworks
+
+    assert shard_frameworks(None, "tensorflow", True) is None  # the first run: everything
+    assert shard_frameworks(["torch", "keras"], "jax", True) == ["torch", "keras"]
+    assert shard_frameworks(None, "jax", False) == ["keras", "flax.linen", "flax.nnx"]
+    assert shard_frameworks(None, "torch", False) == ["torch", "keras"]
+    assert shard_frameworks(None, "tensorflow", False) == ["keras"]
+    assert shard_frameworks(["keras", "torch"], "jax", False) == ["keras"]
