@@ -171,6 +171,11 @@ def _jax_platform(device: str) -> str:
     return "gpu" if device == "gpu" else "cpu"
 
 
+def _host_zeros(shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
+    """An initializer computed by NumPy: its value is never used (weights are passed statelessly)."""
+    return np.zeros(shape, numpy_dtype(str(dtype)) if dtype else np.float32)
+
+
 @functools.lru_cache(maxsize=512)
 def _jax_program(spec: LayerSpec, dtype: str, device: str) -> tuple[Any, list[str], Any, Any]:
     """(Keras layer, its trainable variable names, jitted forward, jitted VJP) for one geometry.
@@ -179,8 +184,8 @@ def _jax_program(spec: LayerSpec, dtype: str, device: str) -> tuple[Any, list[st
     every op for every new shape, and so would building a layer (its initializers). So a geometry
     is built once and called statelessly with each layer's own weights, as Keras' trainer does.
     """
-    with keras.device(_keras_device(device)):
-        native = ADAPTER._layer(spec, dtype)
+    with keras.device(_keras_device(device)):  # host zeros: running initializers would compile them per shape
+        native = ADAPTER._layer(spec, dtype, kernel_initializer=_host_zeros, bias_initializer=_host_zeros)
         native.build(KerasAdapter._input_shape(spec))
     names = ["kernel" if v.path.endswith("kernel") else "bias" for v in native.trainable_variables]
     non_trainable = [v.value for v in native.non_trainable_variables]

@@ -33,7 +33,6 @@ def worker_threads() -> int:
 
 
 JAX_CACHE_ENV = "CONFORMANCE_JAX_CACHE"
-JAX_CACHE_MAX_BYTES = 2 << 30
 
 
 def jax_cache_dir(rootpath: Path) -> str | None:
@@ -57,7 +56,8 @@ def _configure_jax_cache(config: pytest.Config) -> None:
         return  # switched off, or the user configured JAX's cache directly
     os.environ["JAX_COMPILATION_CACHE_DIR"] = where  # read by jax at import; workers inherit it
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # layers compile in ~30 ms
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(JAX_CACHE_MAX_BYTES))  # least recently used go
+    # no size limit: with one, jax scans the whole folder on every write (minutes over a run). A ci
+    # run adds about 100 MB once (the same draws every run); delete the folder to reclaim it.
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -149,3 +149,25 @@ def test_strict_numerics_turn_reduced_precision_off(framework):
         if "matmul_precision" in name:
             assert value == "highest", (name, value)
     assert any("tf32" in n.lower() or "tensor_float_32" in n or "matmul_precision" in n for n in modes)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_layers_of_one_geometry_keep_their_own_weights(framework):
+    """Flax and Keras-on-jax share one compiled program per geometry: weights must stay per layer."""
+    adapter = adapter_or_skip(framework)
+    rng = np.random.default_rng(7)
+    spec, shape = SPECS[1]
+    first, second = random_weights(spec, rng), random_weights(spec, rng)
+    a, b = adapter.build(spec, first, "float64"), adapter.build(spec, second, "float64")
+    x, cotangent = rng.standard_normal(shape), rng.standard_normal(reference.forward(spec, rng.standard_normal(shape), first).shape)
+    for layer, weights in ((a, first), (b, second), (a, first)):  # a again, after b was built and run
+        np.testing.assert_allclose(layer.forward(x), reference.forward(spec, x, weights), rtol=0, atol=1e-12)
+        dx, dw = layer.vjp(x, cotangent)
+        rdx, rdw = reference.vjp(spec, x, weights, cotangent)
+        np.testing.assert_allclose(dx, rdx, rtol=0, atol=1e-12)
+        for name in weights:
+            np.testing.assert_allclose(layer.weights()[name], weights[name], rtol=0, atol=0)
+            np.testing.assert_allclose(dw[name], rdw[name], rtol=0, atol=1e-12)
+    for other in (2, 11):  # the same geometry on inputs of other lengths (a new compile for jitted layers)
+        x = rng.standard_normal((1, other, spec.in_features))
+        np.testing.assert_allclose(b.forward(x), reference.forward(spec, x, second), rtol=0, atol=1e-12)

@@ -166,3 +166,25 @@ def test_unknown_fault_exits_2():
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "nonexistent" in lines[0] and "torch-kernel-flipped" in lines[0]
+
+
+def test_compiled_layers_see_a_fault_installed_later():
+    """Layers compiled before a jax.lax patch would keep the unpatched op: clear_programs re-traces them."""
+    pytest.importorskip("flax")
+    from adapters import LayerSpec, clear_programs, get_adapter
+
+    spec = LayerSpec.dense(3, 4, bias=False)
+    weights = {"kernel": np.arange(12.0).reshape(3, 4)}
+    x = np.arange(6.0).reshape(2, 3) + 1
+    layer = get_adapter("flax.linen").build(spec, weights, "float32")
+    before = layer.forward(x)
+    uninstall = FAULTS_BY_ID["flax-bf16-compute"].install()
+    try:
+        clear_programs()
+        x_odd = x + 1 / 3  # not exact in bfloat16
+        during = layer.forward(x_odd)
+    finally:
+        uninstall()
+        clear_programs()
+    assert not np.array_equal(during, get_adapter("flax.linen").build(spec, weights, "float32").forward(x_odd))
+    np.testing.assert_array_equal(layer.forward(x), before)
