@@ -6,6 +6,7 @@ failed or errored over at least --benign-examples examples (run under the `thoro
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -52,16 +53,23 @@ def pytest_command(fault: Any, report: Path, profile: str) -> list[str]:
 def benign_examples_per_test(fault: Any, total: int, env: dict[str, str]) -> int:
     """Examples per test so that the tests a benign perturbation selects run at least `total` in all.
 
-    The selection is counted by collecting it (no framework is imported to collect); a fifth more
-    than the even share covers tests that skip at run time. At least 50, the ci profile's number.
+    The selection is counted by collecting it (no framework is imported to collect); depth and batch
+    tests count for the share of examples they run; a fifth more than the even share covers tests
+    that skip at run time. At least 50, the ci profile's number.
     """
     collect = [*pytest_command(fault, Path(os.devnull), "ci"), "--collect-only", "-q"]
     collect.remove("--conformance-report")
     collect.remove(os.devnull)
     done = subprocess.run(collect, env=env, cwd=str(ROOT), capture_output=True, text=True)
-    tests = sum(int(line.rsplit(":", 1)[1]) for line in done.stdout.splitlines()  # "-q -q": `file: count` lines
-                if line.startswith(("suites/", str(ROOT))) and line.rsplit(":", 1)[-1].strip().isdigit())
-    return max(50, -(-total * 6 // (5 * max(tests, 1))))
+    from suites import HEAVY_CHECK_DIVISOR
+
+    shares = 0.0  # tests, the depth and batch ones counted at the share of examples they run
+    for line in done.stdout.splitlines():  # "-q -q": `file: count` lines
+        path, _, count = line.rpartition(":")
+        if path.endswith(".py") and count.strip().isdigit():
+            heavy = Path(path).stem in ("test_depth", "test_batch")
+            shares += int(count) / (HEAVY_CHECK_DIVISOR if heavy else 1)
+    return max(50, math.ceil(total * 1.2 / max(shares, 1.0)))
 
 
 def judge(fault: Any, report: dict[str, Any], benign_examples: int) -> dict[str, Any]:

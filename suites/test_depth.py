@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
+from suites import HEAVY_CHECK_DIVISOR
 from suites.harness import ClaimRunner
 
 
-@settings(max_examples=max(settings().max_examples // 5, 5))  # each example runs up to 16 layers per variant
+@settings(max_examples=max(settings().max_examples // HEAVY_CHECK_DIVISOR, 5))  # each example runs up to 16 layers per variant
 @given(data=st.data())
 def test_depth(runner: ClaimRunner, data: st.DataObject) -> None:
     runner.depth_example(data)
