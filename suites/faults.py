@@ -202,13 +202,17 @@ class _JaxOps(_Ops):
     def is_floating(self, a): return a.dtype in (self.jnp.float32, self.jnp.float64)
     def cast(self, a, name): return a.astype(getattr(self.jnp, name))
 
+    # the rounding is computed on a stop_gradient copy: jax.vjp must not need a derivative of
+    # nextafter or of a bitcast (it has none), only of the pass-through `a + constant`
     def tf32(self, a):
         lax = self.jax.lax
-        cut = lax.bitcast_convert_type(lax.bitcast_convert_type(a, self.jnp.int32) & ~0x1FFF, self.jnp.float32)
-        return a + lax.stop_gradient(cut - a)
+        held = lax.stop_gradient(a)
+        cut = lax.bitcast_convert_type(lax.bitcast_convert_type(held, self.jnp.int32) & ~0x1FFF, self.jnp.float32)
+        return a + (cut - held)
 
     def next_up(self, a):
-        return a + self.jax.lax.stop_gradient(self.jnp.nextafter(a, self.jnp.inf) - a)
+        held = self.jax.lax.stop_gradient(a)
+        return a + (self.jnp.nextafter(held, self.jnp.inf) - held)
 
     def perturb_largest(self, a, relative):
         jnp = self.jnp

@@ -201,3 +201,20 @@ def test_benign_runs_are_sized_to_the_required_examples(monkeypatch):
     per_test = faults_cli.benign_examples_per_test(FAULTS_BY_ID["torch-benign-ulp"], 1000, {})
     assert 8 * per_test + 5 * (per_test // HEAVY_CHECK_DIVISOR) >= 1000
     assert 8 * per_test <= 1000 * 1.3  # not wildly more than asked
+
+
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f.kind == "benign"], ids=lambda f: f.id)
+def test_benign_perturbations_are_differentiable(fault):
+    """The gradient check runs under every benign perturbation: its backward must exist and stay benign."""
+    pytest.importorskip({"torch": "torch", "keras": "tensorflow", "flax": "flax"}[fault.framework])
+    if fault.framework == "keras" and os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        pytest.skip("the Keras faults patch the TensorFlow backend")
+    call = CALL[fault.framework]
+    for op in _ops(fault):
+        before = call(op, True)
+        uninstall = fault.install()
+        try:
+            during = call(op, True)
+        finally:
+            uninstall()
+        np.testing.assert_allclose(during, before, rtol=1e-5, atol=1e-5)
