@@ -30,6 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere in a checkout
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One thread per framework, as each worker of `pytest -n 2` on two cores gets (suites/conftest.py):
+# with two OpenMP threads on a busy machine a 0.01 ms torch call waits milliseconds for a core, and
+# that noise would swamp the harness's own cost. CONFORMANCE_THREADS=N measures with N threads.
+_THREADS = os.environ.get("CONFORMANCE_THREADS", "1")
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+    os.environ.setdefault(_name, _THREADS)
+if _THREADS == "1":
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "jax", "flax")
 OVERHEAD_CLAIMS = ("xfw-dense", "xfw-conv1d")
