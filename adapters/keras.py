@@ -139,14 +139,6 @@ def _vjp_tensorflow(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, lis
     return dx, dvars
 
 
-def _vjp_jax(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:
-    trainable = [v.value for v in layer.native.trainable_variables]
-    y, pullback = jax.vjp(layer._stateless, x, trainable)
-    # under a mixed policy stateless_call may return the variable dtype: the cotangent must match it
-    dx, dvars = pullback(jax.numpy.asarray(cotangent, y.dtype))
-    return dx, list(dvars)
-
-
 def _vjp_torch(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:
     import torch
 
@@ -157,7 +149,8 @@ def _vjp_torch(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any
     return dx, dvars
 
 
-_BACKEND_VJP = {"tensorflow": _vjp_tensorflow, "jax": _vjp_jax, "torch": _vjp_torch}
+# the jax backend has its own layer class (KerasJaxLayer, below): one jitted program per geometry
+_BACKEND_VJP = {"tensorflow": _vjp_tensorflow, "torch": _vjp_torch}
 
 
 # ---- the jax backend: one built layer and one jax.jit program per geometry ------------------------
@@ -332,6 +325,12 @@ class KerasAdapter(Adapter):
             modes["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
             modes["keras.execution"] = "jax.jit (stateless_call)"
             modes["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+        elif BACKEND == "torch":
+            import torch
+
+            modes["torch.backends.cuda.matmul.allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+            modes["torch.backends.cudnn.allow_tf32"] = torch.backends.cudnn.allow_tf32
+            modes["torch.float32_matmul_precision"] = torch.get_float32_matmul_precision()
         return {"devices": self.devices(), "numeric_modes": modes}
 
 
