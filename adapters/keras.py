@@ -164,9 +164,13 @@ def _jax_platform(device: str) -> str:
     return "gpu" if device == "gpu" else "cpu"
 
 
-def _host_zeros(shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
-    """An initializer computed by NumPy: its value is never used (weights are passed statelessly)."""
-    return np.zeros(shape, numpy_dtype(str(dtype)) if dtype else np.float32)
+def _host_zeros(shape: tuple[int, ...], dtype: Any = None) -> Any:
+    """An initializer computed by NumPy: its value is never used (weights are passed statelessly).
+
+    Placed with device_put: Keras would convert a NumPy value with jnp.asarray, which compiles a
+    program for every new shape (11 ms each, two per geometry); a jax array passes through as is.
+    """
+    return jax.device_put(np.zeros(shape, numpy_dtype(str(dtype)) if dtype else np.float32))
 
 
 @functools.lru_cache(maxsize=512)

@@ -401,13 +401,39 @@ class Reference(NamedTuple):
     layer_magnitude: np.ndarray
 
 
-def evaluate_reference(variant: Variant, dims: Dims, x: np.ndarray, weights: Weights) -> Reference:
-    """The variant in float64, each of the layer's output and magnitude computed once."""
+class ReferenceMemo:
+    """The float64 layers already evaluated on one example, looked up by value.
+
+    Variants of a claim often hand the same layer the same values (xfw-dense: four frameworks, one
+    canonical spec, input and weights), so the oracle's output and magnitude are computed once per
+    distinct (spec, input, weights) rather than once per variant. Lookup compares arrays exactly,
+    so a variant whose mapping moves even one value gets its own evaluation.
+    """
+
+    def __init__(self) -> None:
+        self._layers: list[tuple[LayerSpec, np.ndarray, Weights, np.ndarray, np.ndarray]] = []
+
+    def layer(self, spec: LayerSpec, layer_x: np.ndarray, layer_w: Weights) -> tuple[np.ndarray, np.ndarray]:
+        for seen_spec, seen_x, seen_w, y, m in self._layers:
+            if (seen_spec == spec and seen_x.shape == layer_x.shape and seen_w.keys() == layer_w.keys()
+                    and np.array_equal(seen_x, layer_x)
+                    and all(np.array_equal(seen_w[k], layer_w[k]) for k in seen_w)):
+                return y, m
+        y, m = reference.forward(spec, layer_x, layer_w), reference.magnitude(spec, layer_x, layer_w)
+        self._layers.append((spec, layer_x, layer_w, y, m))
+        return y, m
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+
+def evaluate_reference(variant: Variant, dims: Dims, x: np.ndarray, weights: Weights,
+                       memo: ReferenceMemo | None = None) -> Reference:
+    """The variant in float64: the layer's output and magnitude, from `memo` when it has them."""
     spec = variant.spec(dims)
     layer_x = variant.x_in(x, dims)
     layer_w = variant.w_map(weights, dims)
-    layer_y = reference.forward(spec, layer_x, layer_w)
-    layer_m = reference.magnitude(spec, layer_x, layer_w)
+    layer_y, layer_m = (ReferenceMemo() if memo is None else memo).layer(spec, layer_x, layer_w)
     return Reference(variant.y_out(layer_y, dims), variant.y_out(layer_m, dims), spec, layer_x, layer_w,
                      layer_y, layer_m)
 

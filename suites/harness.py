@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from adapters import get_adapter, reference
 from adapters.spec import LayerSpec, Weights
 from suites.bounds import ROUNDOFF_LABEL, bound_ratio, error_bound
-from suites.catalog import Claim, Variant, evaluate_reference
+from suites.catalog import Claim, ReferenceMemo, Variant, evaluate_reference
 from suites.divergences import divergence_for
 from suites.strategies import STYLES, Dims, data_source, random_array
 
@@ -369,10 +369,11 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
     """Run every variant on one example and judge it against the float64 reference."""
     claim, dtype, device = case
     outcome = ExampleOutcome(case, dims, x, weights)
-    target = evaluate_reference(claim.variants[0], dims, x, weights)
+    memo = ReferenceMemo()  # one oracle evaluation per distinct layer, not per variant
+    target = evaluate_reference(claim.variants[0], dims, x, weights, memo)
     for variant in variants:
         label = variant.label(dims)
-        ref = target if variant is claim.variants[0] else evaluate_reference(variant, dims, x, weights)
+        ref = target if variant is claim.variants[0] else evaluate_reference(variant, dims, x, weights, memo)
         ref_y, spec, layer_x, layer_w = ref.y, ref.spec, ref.layer_x, ref.layer_w
         adapter = get_adapter(variant.framework)
         reason = adapter.supports(spec, dtype, device)

@@ -98,3 +98,32 @@ def test_weights_are_checked_against_the_canonical_shape():
         check_weights(spec, {"kernel": np.zeros((6, 4, 3)), "bias": np.zeros(6)})  # a PyTorch-layout kernel
     with pytest.raises(SpecError, match="bias"):
         check_weights(spec, {"kernel": np.zeros((3, 4, 6))})
+
+
+def test_reference_memo_evaluates_each_distinct_layer_once(monkeypatch):
+    """xfw-dense hands four frameworks one layer: one oracle call. A moved value is a new layer."""
+    from suites.catalog import CLAIMS_BY_ID, ReferenceMemo, evaluate_reference
+
+    calls = []
+    forward = reference.forward
+    monkeypatch.setattr(reference, "forward", lambda *a: calls.append(a) or forward(*a))
+    claim = CLAIMS_BY_ID["xfw-dense"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=claim.input_shape(claim.example))
+    base = claim.variants[0].spec(claim.example)
+    weights = {"kernel": rng.normal(size=base.kernel_shape()), "bias": rng.normal(size=base.out_features)}
+    memo = ReferenceMemo()
+    refs = [evaluate_reference(v, claim.example, x, weights, memo) for v in claim.variants]
+    assert len(claim.variants) >= 3 and len(memo) == 1
+    assert len(calls) == 2  # forward and magnitude (itself a forward on absolute values), once
+    unshared = [evaluate_reference(v, claim.example, x, weights) for v in claim.variants]
+    for a, b in zip(refs, unshared):
+        np.testing.assert_array_equal(a.y, b.y)
+        np.testing.assert_array_equal(a.magnitude, b.magnitude)
+    moved = dict(weights, bias=weights["bias"].copy())
+    moved["bias"][-1] = np.nextafter(moved["bias"][-1], np.inf)
+    evaluate_reference(claim.variants[0], claim.example, x, moved, memo)
+    x2 = x.copy()
+    x2.flat[0] += 1.0
+    evaluate_reference(claim.variants[0], claim.example, x2, weights, memo)
+    assert len(memo) == 3
