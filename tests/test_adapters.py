@@ -183,3 +183,39 @@ def test_layers_of_one_geometry_keep_their_own_weights(framework):
     for other in (2, 11):  # the same geometry on inputs of other lengths (a new compile for jitted layers)
         x = rng.standard_normal((1, other, spec.in_features))
         np.testing.assert_allclose(b.forward(x), reference.forward(spec, x, second), rtol=0, atol=1e-12)
+
+
+GROUPED = [
+    (LayerSpec.conv(4, 6, 3, strides=2, padding="same", groups=2), (2, 9, 4)),
+    (LayerSpec.conv(6, 3, 2, padding=((1, 0),), dilation=3, groups=3, bias=False), (3, 7, 6)),
+    (LayerSpec.conv(4, 4, 3, padding="causal", dilation=2, groups=4), (1, 6, 4)),
+    (LayerSpec.conv(4, 6, (3, 2), strides=(2, 1), padding=((1, 2), (0, 1)), groups=2), (2, 9, 7, 4)),
+]
+
+
+@pytest.mark.parametrize("spec, shape", GROUPED, ids=[s.describe() for s, _ in GROUPED])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16"])
+def test_keras_tensorflow_grouped_program_is_keras_eager_call(spec, shape, dtype):
+    """The per-geometry tf.function that runs Keras' grouped convolutions on tensorflow computes
+    exactly what the layer's eager call does (the same XLA computation), for every dtype."""
+    adapter = adapter_or_skip("keras")
+    from adapters import keras as keras_adapter
+
+    if keras_adapter.BACKEND != "tensorflow":
+        pytest.skip(f"the grouped-convolution program exists on the tensorflow backend only; "
+                    f"KERAS_BACKEND is {keras_adapter.BACKEND}")
+    rng = np.random.default_rng(3)
+    weights = random_weights(spec, rng)
+    x = rng.standard_normal(shape)
+    layer = adapter.build(spec, weights, dtype, "cpu")
+    assert keras_adapter._tf_grouped(spec, dtype) == (not dtype.startswith("mixed_"))  # mixed: eager
+    eager = keras_adapter.KerasLayer(adapter, spec, dtype, "cpu", layer.native)
+    eager_call = eager._call
+    x_t = keras_adapter._to_tensor(x, dtype)
+    expected = keras_adapter._to_numpy(eager_call(x_t), dtype)
+    for batch in (shape[0], 1):  # a second input shape through the same program
+        got = layer.forward(x[:batch])
+        np.testing.assert_array_equal(got, expected[:batch] if batch == shape[0] else
+                                      keras_adapter._to_numpy(eager_call(x_t[:1]), dtype))
+    other = adapter.build(spec, random_weights(spec, rng), dtype, "cpu")  # same program, other weights
+    assert not np.array_equal(other.forward(x), expected)
