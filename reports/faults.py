@@ -53,22 +53,18 @@ def pytest_command(fault: Any, report: Path, profile: str) -> list[str]:
 def benign_examples_per_test(fault: Any, total: int, env: dict[str, str]) -> int:
     """Examples per test so that the tests a benign perturbation selects run at least `total` in all.
 
-    The selection is counted by collecting it (no framework is imported to collect); depth and batch
-    tests count for the share of examples they run; a fifth more than the even share covers tests
-    that skip at run time. At least 50, the ci profile's number.
+    The selection is counted by collecting it (no framework is imported to collect); a fifth more
+    than the even share covers tests that skip at run time. At least 50, the ci profile's number.
     """
     collect = [*pytest_command(fault, Path(os.devnull), "ci"), "--collect-only", "-q"]
     collect.remove("--conformance-report")
     collect.remove(os.devnull)
     done = subprocess.run(collect, env=env, cwd=str(ROOT), capture_output=True, text=True)
-    from suites import HEAVY_CHECK_DIVISOR
-
-    shares = 0.0  # tests, the depth and batch ones counted at the share of examples they run
+    shares = 0  # tests selected
     for line in done.stdout.splitlines():  # "-q -q": `file: count` lines
         path, _, count = line.rpartition(":")
         if path.endswith(".py") and count.strip().isdigit():
-            heavy = Path(path).stem in ("test_depth", "test_batch")
-            shares += int(count) / (HEAVY_CHECK_DIVISOR if heavy else 1)
+            shares += int(count)
     return max(50, math.ceil(total * 1.2 / max(shares, 1.0)))
 
 
