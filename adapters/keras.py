@@ -109,9 +109,8 @@ class KerasLayer(Layer):
     def _forward(self, x: np.ndarray) -> np.ndarray:
         with keras.device(_keras_device(self.device)):
             xt = _to_tensor(_layout(x, "x", self.spec, True), self.dtype)
-            if _tf_grouped(self.spec, self.dtype):
-                y = _tf_grouped_program(self.spec, self.dtype, self.device)(
-                    [v.value for v in self.native.trainable_variables], xt)
+            if _tf_grouped(self.spec):
+                y = _tf_grouped_call(self, xt)
             else:
                 y = self._call(xt)
         return _to_numpy(_layout(y, "x", self.spec, False), self.dtype)
@@ -133,40 +132,39 @@ class KerasLayer(Layer):
         return out
 
 
-def _tf_grouped(spec: LayerSpec, dtype: str) -> bool:
-    """A convolution that Keras on tensorflow runs through XLA (see _tf_grouped_program).
-
-    Not under mixed policies: there `stateless_call` on tensorflow hands the float32 variables to
-    the convolution uncast (a dtype error), so those layers keep their eager call.
-    """
-    return BACKEND == "tensorflow" and spec.kind == "conv" and spec.groups > 1 and dtype not in POLICY_COMPUTE
+def _tf_grouped(spec: LayerSpec) -> bool:
+    """A convolution that Keras on tensorflow runs through XLA (see _tf_grouped_program)."""
+    return BACKEND == "tensorflow" and spec.kind == "conv" and spec.groups > 1
 
 
 @functools.lru_cache(maxsize=256)
-def _tf_grouped_program(spec: LayerSpec, dtype: str, device: str) -> Any:
-    """One tf.function per grouped geometry: the layer called statelessly with each layer's weights.
+def _tf_grouped_program(spec: LayerSpec, dtype: str, device: str) -> tuple[Any, Any]:
+    """(Keras layer, its call traced by tf.function) for one grouped geometry.
 
     Keras on tensorflow computes a grouped convolution with a `tf.function(jit_compile=True)` that
     it defines anew on every call (keras/src/backend/tensorflow/nn.py, `conv`: "grouped convolutions
     are broken on CPU without XLA"), so every eager call is an XLA compilation (about 26 ms on CPU).
     Called from one traced function per geometry, that inner XLA function is traced once per input
-    shape and XLA's compilation cache serves later calls (0.5 ms); it is the same XLA computation,
-    which tests/test_adapters.py checks bit for bit against Keras' eager call. Depth stacks and
-    per-sample batch runs call one geometry many times. Gradients stay eager (one call per example).
+    shape and XLA's compilation cache serves later calls (0.5 ms). A layer of this geometry copies
+    its weights into the program's layer (variable assignment) and calls it: the layer's own call,
+    autocast under mixed policies included, in the same XLA computation, which
+    tests/test_adapters.py checks bit for bit against the eager call. Depth stacks and per-sample
+    batch runs call one geometry many times. Gradients stay eager (one call per example).
     """
     import tensorflow as tf
 
     with keras.device(_keras_device(device)):
         native = ADAPTER._layer(spec, dtype, kernel_initializer="zeros", bias_initializer="zeros")
         native.build(KerasAdapter._input_shape(spec))
-    non_trainable = [v.value for v in native.non_trainable_variables]
-    padder = KerasLayer(ADAPTER, spec, dtype, device, native)
+    program = KerasLayer(ADAPTER, spec, dtype, device, native)
+    return native, tf.function(program._call, autograph=False)
 
-    def apply(trainable: list[Any], x: Any) -> Any:
-        y, _ = native.stateless_call(trainable, non_trainable, padder._pad(x))
-        return y
 
-    return tf.function(apply, autograph=False)
+def _tf_grouped_call(layer: "KerasLayer", x: Any) -> Any:
+    native, call = _tf_grouped_program(layer.spec, layer.dtype, layer.device)
+    for mine, theirs in zip(native.weights, layer.native.weights, strict=True):
+        mine.assign(theirs.value)
+    return call(x)
 
 
 def _vjp_tensorflow(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:

@@ -208,7 +208,7 @@ def test_keras_tensorflow_grouped_program_is_keras_eager_call(spec, shape, dtype
     weights = random_weights(spec, rng)
     x = rng.standard_normal(shape)
     layer = adapter.build(spec, weights, dtype, "cpu")
-    assert keras_adapter._tf_grouped(spec, dtype) == (not dtype.startswith("mixed_"))  # mixed: eager
+    assert keras_adapter._tf_grouped(spec)
     eager = keras_adapter.KerasLayer(adapter, spec, dtype, "cpu", layer.native)
     eager_call = eager._call
     x_t = keras_adapter._to_tensor(x, dtype)
