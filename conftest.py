@@ -78,6 +78,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "the dtype's); default: each framework's own defaults, e.g. TF32 on GPUs (default: strict)")
     group.addoption("--conformance-require", default="", type=_csv, metavar="LIST",
                     help="only claims with a variant of one of these frameworks (e.g. keras, for extra backends)")
+    group.addoption("--conformance-geometries", default=None, metavar="N|all",
+                    help=f"distinct layer geometries per test: its examples are spread over a pool of N, each "
+                         f"geometry with fresh data, so compiled layers are reused (default: "
+                         f"$CONFORMANCE_GEOMETRIES, else 10 under the ci profile and all otherwise)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,13 +98,27 @@ def pytest_configure(config: pytest.Config) -> None:
         if unknown:
             raise pytest.UsageError(f"--conformance-{option}: unknown {', '.join(sorted(unknown))}; "
                                     f"choose from {', '.join(known)}")
+    geometries_per_test(config)  # a bad value is a usage error before anything runs
     config.addinivalue_line("markers", "conformance: a conformance check of the claim catalog (suites/)")
     config.addinivalue_line("markers", "selftest: a self-test of the harness (tests/)")
 
 
+def geometries_per_test(config: pytest.Config) -> int | None:
+    """The pool size for the tests' geometries (None: every example draws its own)."""
+    from suites.strategies import GEOMETRIES_ENV, configured_pool_size
+
+    try:
+        return configured_pool_size(config.getoption("--conformance-geometries"))
+    except ValueError as error:
+        raise pytest.UsageError(f"--conformance-geometries / ${GEOMETRIES_ENV}: {error}") from None
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     profile = settings._current_profile  # the profile in force after --hypothesis-profile
-    return [f"layer-conformance: hypothesis profile {profile!r} ({settings().max_examples} examples per test), "
+    pool = geometries_per_test(config)
+    geometries = f"over at most {pool} geometries" if pool else "each drawing its geometry"
+    return [f"layer-conformance: hypothesis profile {profile!r} ({settings().max_examples} examples per test, "
+            f"{geometries}), "
             f"frameworks={','.join(config.getoption('--conformance-frameworks'))}, "
             f"dtypes={','.join(config.getoption('--conformance-dtypes'))}, "
             f"devices={','.join(config.getoption('--conformance-devices'))}, "

@@ -110,7 +110,7 @@ class KerasLayer(Layer):
         with keras.device(_keras_device(self.device)):
             xt = _to_tensor(_layout(x, "x", self.spec, True), self.dtype)
             if _tf_grouped(self.spec):
-                y = _tf_grouped_call(self, xt)
+                y = _tf_grouped_program_for(self)[0](xt)
             else:
                 y = self._call(xt)
         return _to_numpy(_layout(y, "x", self.spec, False), self.dtype)
@@ -138,18 +138,17 @@ def _tf_grouped(spec: LayerSpec) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _tf_grouped_program(spec: LayerSpec, dtype: str, device: str) -> tuple[Any, Any]:
-    """(Keras layer, its call traced by tf.function) for one grouped geometry.
+def _tf_grouped_program(spec: LayerSpec, dtype: str, device: str) -> tuple[Any, Any, Any]:
+    """(Keras layer, its call and its VJP, each traced by tf.function) for one grouped geometry.
 
     Keras on tensorflow computes a grouped convolution with a `tf.function(jit_compile=True)` that
     it defines anew on every call (keras/src/backend/tensorflow/nn.py, `conv`: "grouped convolutions
-    are broken on CPU without XLA"), so every eager call is an XLA compilation (about 26 ms on CPU).
-    Called from one traced function per geometry, that inner XLA function is traced once per input
-    shape and XLA's compilation cache serves later calls (0.5 ms). A layer of this geometry copies
-    its weights into the program's layer (variable assignment) and calls it: the layer's own call,
-    autocast under mixed policies included, in the same XLA computation, which
-    tests/test_adapters.py checks bit for bit against the eager call. Depth stacks and per-sample
-    batch runs call one geometry many times. Gradients stay eager (one call per example).
+    are broken on CPU without XLA"), so every eager call is an XLA compilation (about 26 ms on CPU,
+    more for a gradient). Called from one traced function per geometry, that inner XLA function is
+    traced once per input shape and XLA's compilation cache serves later calls (0.5 ms). A layer of
+    this geometry copies its weights into the program's layer (variable assignment) and calls it:
+    the layer's own call, autocast under mixed policies included, in the same XLA computation,
+    which tests/test_adapters.py checks bit for bit against the eager call and the eager tape.
     """
     import tensorflow as tf
 
@@ -157,19 +156,24 @@ def _tf_grouped_program(spec: LayerSpec, dtype: str, device: str) -> tuple[Any, 
         native = ADAPTER._layer(spec, dtype, kernel_initializer="zeros", bias_initializer="zeros")
         native.build(KerasAdapter._input_shape(spec))
     program = KerasLayer(ADAPTER, spec, dtype, device, native)
-    return native, tf.function(program._call, autograph=False)
+    return (native, tf.function(program._call, autograph=False),
+            tf.function(lambda x, cotangent: _vjp_tensorflow(program, x, cotangent, eager=True), autograph=False))
 
 
-def _tf_grouped_call(layer: "KerasLayer", x: Any) -> Any:
-    native, call = _tf_grouped_program(layer.spec, layer.dtype, layer.device)
+def _tf_grouped_program_for(layer: "KerasLayer") -> tuple[Any, Any]:
+    """The geometry's (call, VJP), holding `layer`'s weights."""
+    native, call, vjp = _tf_grouped_program(layer.spec, layer.dtype, layer.device)
     for mine, theirs in zip(native.weights, layer.native.weights, strict=True):
         mine.assign(theirs.value)
-    return call(x)
+    return call, vjp
 
 
-def _vjp_tensorflow(layer: KerasLayer, x: Any, cotangent: Any) -> tuple[Any, list[Any]]:
+def _vjp_tensorflow(layer: KerasLayer, x: Any, cotangent: Any, eager: bool = False) -> tuple[Any, list[Any]]:
     import tensorflow as tf
 
+    if not eager and _tf_grouped(layer.spec):
+        dx, dvars = _tf_grouped_program_for(layer)[1](x, cotangent)
+        return dx, list(dvars)
     variables = [v.value for v in layer.native.trainable_variables]
     with tf.GradientTape() as tape:
         tape.watch(x)

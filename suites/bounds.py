@@ -41,7 +41,12 @@ def error_bound(reduction_length: int, magnitude: np.ndarray, dtype: str, u_eff:
 def sum_bound(terms: int, magnitude: np.ndarray, dtype: str, u_eff: float | None = None) -> np.ndarray:
     """Elementwise bound for a sum of `terms` products whose absolute values sum to `magnitude`."""
     n = max(int(terms), 1)
-    return bound_coefficient(n, dtype, u_eff) * np.asarray(magnitude, dtype=np.float64) + n * SMALLEST_NORMAL[dtype]
+    magnitude = np.asarray(magnitude, dtype=np.float64)
+    # a zero magnitude means every product is zero: the sum is exact even where gamma(n, u) is infinite
+    # (n*u >= 1), and inf * 0 must not turn the bound into NaN
+    with np.errstate(invalid="ignore"):
+        scaled = np.where(magnitude == 0, 0.0, bound_coefficient(n, dtype, u_eff) * magnitude)
+    return scaled + n * SMALLEST_NORMAL[dtype]
 
 
 def bound_coefficient(terms: int, dtype: str, u_eff: float | None = None) -> float:

@@ -10,6 +10,7 @@ import pytest
 from reports.plugin import counterexample_folder, record_environment
 from suites.catalog import CLAIMS
 from suites.harness import Case, ClaimRunner
+from suites.strategies import configured_pool_size
 
 _RECORDED: set[str] = set()
 _NUMERICS_SET: set[str] = set()
@@ -117,7 +118,8 @@ def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -
             get_adapter(variant.framework).set_numerics(numerics)
     conformance_record["numerics"] = numerics
     runner = ClaimRunner(request.param, conformance_record, check=check, frameworks=selected,
-                         counterexamples=counterexample_folder(request.config))
+                         counterexamples=counterexample_folder(request.config),
+                         geometries=configured_pool_size(request.config.getoption("--conformance-geometries")))
     yield runner
     for framework in runner.frameworks_used():
         if framework not in _RECORDED:

@@ -67,10 +67,16 @@ def has_gradient_adjoints(claim: Claim) -> bool:
 
 
 def term_counts(spec: LayerSpec, out_shape: tuple[int, ...]) -> dict[str, int]:
-    """Terms per gradient element: the n of gamma(n, u)."""
+    """Terms per gradient element: the n of gamma(n, u).
+
+    An input element of a convolution meets, along each spatial axis, at most one kernel tap per
+    output position and one output position per tap: min(k_d, out_len_d) products per output channel
+    of its group. (A kernel as long as the input, e.g. Conv1D(kernel_size=K) on (B*L, K, 1), gives
+    every input element one product per channel, not K.)
+    """
     positions = math.prod(out_shape[:-1])
     per_input = spec.out_features if spec.kind == "dense" else \
-        spec.out_features // spec.groups * math.prod(spec.kernel_size)
+        spec.out_features // spec.groups * math.prod(min(k, n) for k, n in zip(spec.kernel_size, out_shape[1:-1]))
     return {"input": per_input, "kernel": positions, "bias": positions}
 
 

@@ -20,7 +20,7 @@ from adapters.spec import LayerSpec, Weights
 from suites.bounds import ROUNDOFF_LABEL, bound_ratio, error_bound
 from suites.catalog import Claim, ReferenceMemo, Variant, evaluate_reference
 from suites.divergences import divergence_for
-from suites.strategies import STYLES, Dims, data_source, random_array
+from suites.strategies import STYLES, Dims, data_source, geometry_key, geometry_pool, random_array
 
 MAX_SAMPLES = 400  # per result, for the report's plots
 
@@ -51,6 +51,7 @@ class ClaimRunner:
     check: str = "forward"
     frameworks: set[str] | None = None  # None: all
     counterexamples: Path | None = None  # folder for failing examples (.npz + scripts); None: not saved
+    geometries: int | None = None  # draw geometries from a pool of this many (suites.strategies.geometry_pool)
     stats: dict[str, VariantStats] = field(default_factory=dict)
     pairwise: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -85,11 +86,23 @@ class ClaimRunner:
         self.record["keras_backend"] = _keras_backend() if any(v.framework == "keras" for v in self.runnable) else None
         if not self.runnable:
             pytest.skip("; ".join(sorted(set(self.skipped.values()))))
+        self.dims: st.SearchStrategy[Dims] = claim.dims
+        if self.geometries:
+            pool = geometry_pool(claim.dims, self.geometries, f"{self.case.id}/{self.check}")
+            self.dims = st.sampled_from(pool)
+        self._geometries_seen: set[str] = set()
+
+    def _draw_dims(self, data: st.DataObject) -> Dims:
+        dims = data.draw(self.dims, label="dims")
+        self._geometries_seen.add(geometry_key(dims))
+        self.record["geometries"] = len(self._geometries_seen)  # distinct geometries this test ran
+        self.record["geometry_pool"] = self.geometries  # None: each example drew its own
+        return dims
 
     # ---- one example --------------------------------------------------------------------------
     def draw(self, data: st.DataObject) -> tuple[Dims, np.ndarray, Weights, str]:
         claim, dtype = self.case.claim, self.case.dtype
-        dims = data.draw(claim.dims, label="dims")
+        dims = self._draw_dims(data)
         style, seed = data.draw(data_source(styles=claim.data_styles or STYLES), label="data (style, seed)")
         rng = np.random.default_rng(seed)
         base = claim.variants[0].spec(dims)
@@ -176,7 +189,7 @@ class ClaimRunner:
         from suites.depth import MAX_DEPTH, framework_stack, layer_weights, reference_stack, stackable
 
         claim, dtype, device = self.case
-        dims = stackable(data.draw(claim.dims, label="dims"))
+        dims = stackable(self._draw_dims(data))
         depth = data.draw(st.integers(2, MAX_DEPTH), label="depth")
         rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
         base = claim.variants[0]

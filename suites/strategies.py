@@ -5,6 +5,8 @@ so a claim's mappings read like the forum question they answer.
 """
 from __future__ import annotations
 
+import os
+import zlib
 from typing import Any
 
 import numpy as np
@@ -98,3 +100,59 @@ def random_array(rng: np.random.Generator, shape: tuple[int, ...], style: str, d
 def data_source(*, styles: tuple[str, ...] = STYLES) -> st.SearchStrategy[tuple[str, int]]:
     """(style, seed): arrays come from a seeded generator, so large tensors cost nothing to draw."""
     return st.tuples(st.sampled_from(styles), st.integers(0, 2 ** 32 - 1))
+
+
+CI_GEOMETRIES = 10  # the ci profile's pool: 50 examples over 10 geometries, 5 data draws each
+
+
+def pool_size(value: str | None, profile: str) -> int | None:
+    """--conformance-geometries: a number, 'all' (None: no pool) or 'auto' (10 under ci, else all)."""
+    value = (value or "auto").strip().lower()
+    if value == "auto":
+        return CI_GEOMETRIES if profile == "ci" else None
+    if value == "all":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"expected a whole number of at least 1, 'all' or 'auto', got {value!r}; "
+                         f"e.g. --conformance-geometries 10")
+    return int(value)
+
+
+GEOMETRIES_ENV = "CONFORMANCE_GEOMETRIES"
+
+
+def configured_pool_size(option: str | None) -> int | None:
+    """--conformance-geometries, else $CONFORMANCE_GEOMETRIES, under the hypothesis profile in force."""
+    from hypothesis import settings
+
+    return pool_size(option or os.environ.get(GEOMETRIES_ENV), settings._current_profile)
+
+
+def geometry_key(dims: Dims) -> str:
+    """What decides the compiled programs of an example: every size and the layer spec."""
+    return repr(sorted(dims.items()))
+
+
+def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Dims]:
+    """`size` distinct draws of `dims`, the same for the same `key` (and hypothesis version).
+
+    Drawn by hypothesis itself, seeded from `key`, generation phase only: its usual mix of the
+    smallest sizes, boundaries and random ones. A test that draws from the pool (st.sampled_from)
+    runs its examples over these geometries, with fresh data each time, so a layer compiled for a
+    geometry (XLA: one program per shape) serves several examples. Fewer than `size` when the
+    strategy has fewer distinct values.
+    """
+    from hypothesis import HealthCheck, Phase, given, seed, settings
+
+    pool: dict[str, Dims] = {}
+
+    @seed(zlib.crc32(key.encode()))
+    @settings(max_examples=4 * size, database=None, deadline=None, derandomize=False, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(dims)
+    def collect(drawn: Dims) -> None:
+        if len(pool) < size:
+            pool.setdefault(geometry_key(drawn), drawn)
+
+    collect()
+    return list(pool.values())

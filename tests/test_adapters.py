@@ -196,8 +196,8 @@ GROUPED = [
 @pytest.mark.parametrize("spec, shape", GROUPED, ids=[s.describe() for s, _ in GROUPED])
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16"])
 def test_keras_tensorflow_grouped_program_is_keras_eager_call(spec, shape, dtype):
-    """The per-geometry tf.function that runs Keras' grouped convolutions on tensorflow computes
-    exactly what the layer's eager call does (the same XLA computation), for every dtype."""
+    """The per-geometry tf.functions that run Keras' grouped convolutions on tensorflow compute
+    exactly what the layer's eager call and eager tape do (the same XLA computations), in every dtype."""
     adapter = adapter_or_skip("keras")
     from adapters import keras as keras_adapter
 
@@ -219,3 +219,12 @@ def test_keras_tensorflow_grouped_program_is_keras_eager_call(spec, shape, dtype
                                       keras_adapter._to_numpy(eager_call(x_t[:1]), dtype))
     other = adapter.build(spec, random_weights(spec, rng), dtype, "cpu")  # same program, other weights
     assert not np.array_equal(other.forward(x), expected)
+    cotangent = rng.standard_normal(expected.shape)
+    dx, dw = layer.vjp(x, cotangent)  # through the program
+    eager_dx, eager_dvars = keras_adapter._vjp_tensorflow(eager, x_t, keras_adapter._to_tensor(cotangent, dtype),
+                                                          eager=True)
+    np.testing.assert_array_equal(dx, keras_adapter._to_numpy(eager_dx, dtype))
+    names = ["kernel", "bias"] if spec.bias else ["kernel"]
+    for name, grad in zip(names, eager_dvars, strict=True):
+        np.testing.assert_array_equal(dw[name], keras_adapter._numpy_as(
+            keras_adapter._layout(grad, name, spec, False), keras_adapter._variable(dtype)))

@@ -15,6 +15,7 @@ from adapters import get_adapter
 from adapters.base import Layer
 from suites.catalog import CLAIMS_BY_ID, Claim, Variant
 from suites.harness import Case, ClaimRunner
+from suites.strategies import conv_dims
 
 from planting import Fault, FaultyAdapter
 
@@ -248,3 +249,60 @@ def test_grouped_dilated_float64_abort_is_scoped(monkeypatch):
     assert match("keras", causal.with_(groups=1), "float64", "gradient", (2, 8, 2)) is None
     assert match("keras", causal, "float32", "gradient", (2, 8, 2)) is None
     assert match("keras", causal, "float64", "forward", (2, 8, 2)) is None
+
+
+def test_single_output_conv2d_grad_divergence_is_scoped(monkeypatch):
+    import suites.divergences as divergences
+    from adapters.spec import LayerSpec
+
+    monkeypatch.setattr(divergences, "keras_backend", lambda: "torch")
+    match = divergences.divergence_for
+    spec = LayerSpec.conv(2, 1, (5, 2), strides=3)
+    found = match("keras", spec, "float64", "gradient", (2, 8, 6, 2))
+    assert found and found.crash and found.id == "torch-conv2d-single-output-grad-weight"
+    assert match("keras", spec, "float32", "gradient", (1, 8, 6, 2)) is found
+    assert match("keras", spec, "float32", "gradient", (2, 8, 6, 2)) is None
+    assert match("keras", spec, "bfloat16", "gradient", (1, 8, 6, 2)) is None
+    assert match("keras", spec.with_(out_features=2), "float64", "gradient", (1, 8, 6, 2)) is None
+    assert match("keras", spec.with_(kernel_size=(1, 1)), "float64", "gradient", (1, 8, 6, 2)) is None
+    assert match("keras", spec.with_(strides=(1, 1), dilation=(2, 1)), "float64", "gradient", (1, 8, 6, 2)) is None
+    assert match("keras", spec, "float64", "forward", (1, 8, 6, 2)) is None
+    monkeypatch.setattr(divergences, "keras_backend", lambda: "tensorflow")
+    assert match("keras", spec, "float64", "gradient", (1, 8, 6, 2)) is None
+
+
+def test_zero_magnitude_keeps_an_infinite_gamma_bound_finite():
+    """bfloat16 with n*u >= 1: gamma is infinite, but exactly-zero sums must not give a NaN bound."""
+    from suites.bounds import bound_ratio, sum_bound
+
+    bound = sum_bound(360, np.array([0.0, 2.0]), "bfloat16")
+    assert np.isfinite(bound[0]) and bound[1] == np.inf
+    error, ratio, _ = bound_ratio(np.array([0.0, 1.0]), np.array([0.0, 0.5]), bound)
+    assert ratio == 0.0 and error == 0.5
+    assert bound_ratio(np.array([1e-3, 0.5]), np.array([0.0, 0.5]), bound)[1] > 1.0  # nonzero where it must be 0
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(dims=st.one_of(conv_dims(1), conv_dims(2), conv_dims(1, paddings=("causal", "same"))))
+def test_conv_input_gradient_term_count_covers_every_product(dims):
+    """term_counts' input count is at least the brute-force number of (output, tap) products per input."""
+    import itertools
+    import math
+
+    from adapters import reference
+    from suites.gradients import term_counts
+
+    spec, shape = dims["spec"], dims["shape"]
+    out_shape = reference.forward(spec, np.zeros(shape), {"kernel": np.zeros(spec.kernel_shape()),
+                                                          **({"bias": np.zeros(spec.out_features)} if spec.bias else {})}).shape
+    pads = spec.explicit_padding(shape[1:-1])
+    most = 1
+    for n, k, s, d, (lo, _), o in zip(shape[1:-1], spec.kernel_size, spec.strides, spec.dilation, pads, out_shape[1:-1]):
+        hits = [0] * n
+        for position, tap in itertools.product(range(o), range(k)):
+            i = position * s + tap * d - lo
+            if 0 <= i < n:
+                hits[i] += 1
+        most *= max(hits)
+    assert term_counts(spec, out_shape)["input"] >= spec.out_features // spec.groups * most
+    assert term_counts(spec, out_shape)["input"] <= spec.out_features // spec.groups * math.prod(spec.kernel_size)
