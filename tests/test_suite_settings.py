@@ -64,3 +64,72 @@ def test_suite_processes_get_the_cache_and_worker_threads(pytester, tmp_path):
     result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*THREADS 1 CACHE {tmp_path / 'cache'}"])
+
+
+# ---- the geometry pool ------------------------------------------------------------------------------
+
+def test_pool_size_by_profile_and_option():
+    from suites.strategies import CI_GEOMETRIES, pool_size
+
+    assert pool_size(None, "ci") == CI_GEOMETRIES == 10
+    assert pool_size("auto", "dev") is None and pool_size(None, "thorough") is None
+    assert pool_size("all", "ci") is None
+    assert pool_size(" 7 ", "dev") == 7
+    for bad in ("0", "-3", "ten", "2.5"):
+        with pytest.raises(ValueError, match="whole number of at least 1, 'all' or 'auto'"):
+            pool_size(bad, "ci")
+
+
+def test_geometry_pool_is_deterministic_distinct_and_keyed():
+    from hypothesis import strategies as st
+
+    from suites.strategies import conv_dims, geometry_key, geometry_pool
+
+    first = geometry_pool(conv_dims(1), 10, "xfw-conv1d-float32-cpu/forward")
+    again = geometry_pool(conv_dims(1), 10, "xfw-conv1d-float32-cpu/forward")
+    other = geometry_pool(conv_dims(1), 10, "xfw-conv1d-float16-cpu/forward")
+    keys = [geometry_key(d) for d in first]
+    assert len(first) == 10 and len(set(keys)) == 10
+    assert keys == [geometry_key(d) for d in again]
+    assert keys != [geometry_key(d) for d in other]
+    assert len(geometry_pool(st.fixed_dictionaries({"B": st.integers(1, 3)}), 10, "small")) == 3
+
+
+def test_pooled_test_runs_its_examples_over_the_pool():
+    """Every example is a pool geometry; the row records how many distinct ones ran."""
+    pytest.importorskip("torch")
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from suites.catalog import CLAIMS_BY_ID
+    from suites.harness import Case, ClaimRunner
+    from suites.strategies import geometry_key, geometry_pool
+
+    claim = CLAIMS_BY_ID["torch-linear-conv1d-k1"]
+    record: dict = {}
+    runner = ClaimRunner(Case(claim, "float32", "cpu"), record, check="forward", geometries=3)
+    pool = {geometry_key(d) for d in geometry_pool(claim.dims, 3, "torch-linear-conv1d-k1-float32-cpu/forward")}
+    seen = []
+    draw = runner._draw_dims
+    runner._draw_dims = lambda data: seen.append(draw(data)) or seen[-1]  # type: ignore[method-assign]
+
+    @settings(max_examples=30, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def body(data):
+        runner.forward_example(data)
+
+    body()
+    assert len(seen) >= 30 and {geometry_key(d) for d in seen} <= pool
+    assert record["geometries"] == len({geometry_key(d) for d in seen}) <= 3 and record["geometry_pool"] == 3
+
+
+def test_bad_geometry_option_is_a_usage_error():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "pytest", "suites/test_forward.py", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", "--conformance-geometries", "ten"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "--conformance-geometries / $CONFORMANCE_GEOMETRIES: expected a whole number" in done.stderr
+    assert "Traceback" not in done.stderr
