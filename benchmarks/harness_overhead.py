@@ -47,7 +47,7 @@ OVERHEAD_TARGET = 1.3
 # ---------------------------------------------------------------------------- the harness, in-process
 
 def _harness_run(claim_id: str, examples: int, dtype: str, on_example: Callable[[tuple], None] | None = None,
-                 seed: int = 0) -> tuple[float, int, list[float]]:
+                 seed: int = 0, geometries: int | None = None) -> tuple[float, int, list[float]]:
     """`ClaimRunner.forward_example` under hypothesis, derandomized: (wall seconds, examples, per-example seconds).
 
     The wall time covers hypothesis too (generation, shrinking bookkeeping, its engine); the
@@ -58,7 +58,7 @@ def _harness_run(claim_id: str, examples: int, dtype: str, on_example: Callable[
     from suites.catalog import CLAIMS_BY_ID
     from suites.harness import Case, ClaimRunner
 
-    runner = ClaimRunner(Case(CLAIMS_BY_ID[claim_id], dtype, "cpu"), {}, check="forward")
+    runner = ClaimRunner(Case(CLAIMS_BY_ID[claim_id], dtype, "cpu"), {}, check="forward", geometries=geometries)
     if on_example is not None:  # capture the drawn example for the hand-written loop
         draw = runner.draw
 
@@ -149,6 +149,31 @@ def throughput(examples: int, dtype: str) -> None:
         rate = len(warm) / sum(warm) if sum(warm) > 0 else float("inf")
         print(f"  {claim.id:34s} {rate:8.1f} examples/s warm, {count / wall:8.1f} overall, "
               f"first example {per[0]:6.2f} s")
+
+
+POOL_CLAIMS = ("xfw-conv1d", "flax-dense-conv-1x1", "keras-dense-conv1d-methods")
+
+
+def geometry_pool(examples: int, dtype: str) -> None:
+    """Examples/s with every example its own geometry against a pool of 10 (the ci profile's)."""
+    from adapters import clear_programs
+    from suites.strategies import CI_GEOMETRIES
+
+    print(f"\n== Geometry pool: the forward check, {examples} derandomized examples per claim ({dtype}, cpu), "
+          f"each example its own geometry vs a pool of {CI_GEOMETRIES} (new shapes compile: XLA, tf.function)")
+    for claim_id in POOL_CLAIMS:
+        rates = {}
+        for label, pool in (("own", None), ("pool", CI_GEOMETRIES)):
+            clear_programs()  # both start cold: no program of an earlier section's shapes
+            try:
+                wall, count, _ = _harness_run(claim_id, examples, dtype, geometries=pool)
+            except Exception as exc:  # noqa: BLE001 - a skip or failure of one claim is reported, not fatal
+                print(f"  {claim_id:28s} not measured: {exc.__class__.__name__}: {str(exc).splitlines()[0][:90]}")
+                break
+            rates[label] = count / wall
+        if len(rates) == 2:
+            print(f"  {claim_id:28s} {rates['own']:7.1f} examples/s each its own geometry, {rates['pool']:7.1f} over "
+                  f"the pool -> {rates['pool'] / rates['own']:4.1f}x")
 
 
 # ---------------------------------------------------------------------------- fresh processes
@@ -285,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help="dtype under test (default float32)")
     parser.add_argument("--throughput-examples", type=int, default=8, help="examples per claim for throughput")
     parser.add_argument("--skip-scaling", action="store_true", help="skip the pytest serial vs -n 2 timing")
+    parser.add_argument("--pool-examples", type=int, default=30, help="examples per claim for the pool section")
+    parser.add_argument("--skip-pool", action="store_true", help="skip the geometry-pool section")
     parser.add_argument("--full", action="store_true", help="also time `conformance run --profile ci` (many minutes)")
     parser.add_argument("--profile-child", metavar="CLAIM", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -298,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     profile("xfw-conv1d", args.examples, args.dtype)
     overhead(args.examples, args.dtype, args.rounds)
     throughput(args.throughput_examples, args.dtype)
+    if not args.skip_pool:
+        geometry_pool(args.pool_examples, args.dtype)
     if not args.skip_scaling:
         scaling()
     if args.full:
