@@ -90,7 +90,7 @@ class ClaimRunner:
         if self.geometries:
             pool = geometry_pool(claim.dims, self.geometries, f"{self.case.id}/{self.check}")
             self.dims = st.sampled_from(pool)
-        self._geometries_seen: set[str] = set()
+        self._geometries_seen: set[tuple[tuple[str, Any], ...]] = set()
 
     def _draw_dims(self, data: st.DataObject) -> Dims:
         dims = data.draw(self.dims, label="dims")

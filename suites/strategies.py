@@ -128,9 +128,9 @@ def configured_pool_size(option: str | None) -> int | None:
     return pool_size(option or os.environ.get(GEOMETRIES_ENV), settings._current_profile)
 
 
-def geometry_key(dims: Dims) -> str:
-    """What decides the compiled programs of an example: every size and the layer spec."""
-    return repr(sorted(dims.items()))
+def geometry_key(dims: Dims) -> tuple[tuple[str, Any], ...]:
+    """What decides the compiled programs of an example: every size and the layer spec (hashable)."""
+    return tuple(sorted(dims.items()))
 
 
 def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Dims]:
