@@ -79,9 +79,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--conformance-require", default="", type=_csv, metavar="LIST",
                     help="only claims with a variant of one of these frameworks (e.g. keras, for extra backends)")
     group.addoption("--conformance-geometries", default=None, metavar="N|all",
-                    help=f"distinct layer geometries per test: its examples are spread over a pool of N, each "
-                         f"geometry with fresh data, so compiled layers are reused (default: "
-                         f"$CONFORMANCE_GEOMETRIES, else 10 under the ci profile and all otherwise)")
+                    help="distinct layer geometries per test: its examples are spread over a pool of N, each "
+                         "geometry with fresh data, so compiled layers are reused (default: "
+                         "$CONFORMANCE_GEOMETRIES, else 10 under the ci profile and all otherwise)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -245,7 +245,7 @@ def startup() -> bool:
 def full_run() -> None:
     with tempfile.TemporaryDirectory() as folder:
         cmd = [sys.executable, "-m", "reports", "run", "--profile", "ci", "--out", folder]
-        print(f"\n== Full run: conformance run --profile ci (this takes many minutes)")
+        print("\n== Full run: conformance run --profile ci (this takes many minutes)")
         wall, done = _wall(cmd)
         print(f"  wall {wall:.0f} s, exit {done.returncode}")
 

@@ -83,17 +83,17 @@ DIVERGENCES: tuple[Divergence, ...] = (
             and spec.in_features > 1 and math.prod(spec.kernel_size) > 1 and set(spec.dilation) == {1}
             and (dtype in ("float64", "float16") or (dtype == "float32" and shape[:1] == (1,)))),
         summary="On the torch backend, the gradient of a Keras Conv2D with one output channel, more than one input "
-                "channel, a kernel larger than 1x1 and no dilation raises 'RuntimeError: slow_conv2d: grad_weight must be "
-                "contiguous' in float64 and float16 (float32: batch of 1): Keras hands torch's conv2d a permuted, "
-                "non-contiguous view of its (kh, kw, in, out) kernel, and torch's CPU slow_conv2d backward refuses "
-                "the gradient buffer shaped like it. The forward pass works; the gradient is not run there.",
+                "channel, a kernel larger than 1x1 and no dilation raises 'RuntimeError: slow_conv2d: grad_weight "
+                "must be contiguous' in float64 and float16 (float32: batch of 1): Keras hands torch's conv2d a "
+                "permuted, non-contiguous view of its (kh, kw, in, out) kernel, and torch's CPU slow_conv2d backward "
+                "refuses the gradient buffer shaped like it. The forward pass works; the gradient is not run there.",
         evidence="torch 2.13.0+cpu alone: F.conv2d(x, w) with w = randn(kh, kw, cin, 1).permute(3, 2, 0, 1) and x a "
-                  "permuted NHWC tensor, then torch.autograd.grad, raises for every cin > 1 and kernel > 1x1 tried "
-                  "(float64, float16: 27 of 27 shapes; float32 with batch 1: 9 of 9; bfloat16, batch > 1 in "
-                  "float32, cout > 1, conv1d, a contiguous w: never). keras 3.15.1: Conv2D(1, (5, 2), strides=3) "
-                  "on float64 (1, 8, 6, 2) raises it 300 of 300 times; over 1296 Keras Conv2D geometries (padding "
-                  "valid/same/explicit, stride 1-2, dilation 1-2, four dtypes, batch 1-2) it raised exactly where "
-                  "this rule says (dilation 2 takes torch's slow_conv_dilated2d and works).",
+                 "permuted NHWC tensor, then torch.autograd.grad, raises for every cin > 1 and kernel > 1x1 tried "
+                 "(float64, float16: 27 of 27 shapes; float32 with batch 1: 9 of 9; bfloat16, batch > 1 in "
+                 "float32, cout > 1, conv1d, a contiguous w: never). keras 3.15.1: Conv2D(1, (5, 2), strides=3) "
+                 "on float64 (1, 8, 6, 2) raises it 300 of 300 times; over 1296 Keras Conv2D geometries (padding "
+                 "valid/same/explicit, stride 1-2, dilation 1-2, four dtypes, batch 1-2) it raised exactly where "
+                 "this rule says (dilation 2 takes torch's slow_conv_dilated2d and works).",
         checks=("gradient",),
         gradients=("input", "kernel", "bias"),
         crash=True,
