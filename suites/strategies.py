@@ -133,26 +133,75 @@ def geometry_key(dims: Dims) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(dims.items()))
 
 
-def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Dims]:
-    """`size` distinct draws of `dims`, the same for the same `key` (and hypothesis version).
+POOL_CANDIDATES = 6  # candidates drawn per pool member
 
-    Drawn by hypothesis itself, seeded from `key`, generation phase only: its usual mix of the
-    smallest sizes, boundaries and random ones. A test that draws from the pool (st.sampled_from)
-    runs its examples over these geometries, with fresh data each time, so a layer compiled for a
-    geometry (XLA: one program per shape) serves several examples. Fewer than `size` when the
-    strategy has fewer distinct values.
+
+def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Dims]:
+    """`size` distinct geometries of `dims` that cover its features in pairs; the same for the same `key`.
+
+    Hypothesis draws the candidates (seeded from `key`, generation phase only: its mix of the
+    smallest sizes, boundaries and random ones), POOL_CANDIDATES per member. The first candidate,
+    the simplest geometry, is kept; then each member is the candidate that covers the most
+    feature pairs not yet covered (a feature: a size, or a layer field such as stride, dilation,
+    groups, padding kind or bias, bucketed as 1, 2-4 or more). So the pool holds, e.g., a dilated
+    convolution with stride 1 (the only dilation Keras accepts) next to strided ones, rather than
+    whatever the first draws were. A test that draws from the pool (st.sampled_from) runs its
+    examples over these geometries with fresh data, so a layer compiled for a geometry serves
+    several examples. Fewer than `size` when the strategy has fewer distinct values.
     """
+    import itertools
+
     from hypothesis import HealthCheck, Phase, given, seed, settings
 
-    pool: dict[str, Dims] = {}
+    candidates: dict[tuple[tuple[str, Any], ...], Dims] = {}
 
     @seed(zlib.crc32(key.encode()))
-    @settings(max_examples=4 * size, database=None, deadline=None, derandomize=False, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck), print_blob=False)
+    @settings(max_examples=POOL_CANDIDATES * size, database=None, deadline=None, derandomize=False,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck), print_blob=False)
     @given(dims)
     def collect(drawn: Dims) -> None:
-        if len(pool) < size:
-            pool.setdefault(geometry_key(drawn), drawn)
+        candidates.setdefault(geometry_key(drawn), drawn)
 
     collect()
-    return list(pool.values())
+    drawn = list(candidates.values())
+    if not drawn:
+        return []
+    features = []
+    for candidate in drawn:
+        singles = _features(candidate)
+        features.append(set(singles) | set(itertools.combinations(singles, 2)))
+    chosen = [0]
+    covered = set(features[0])
+    while len(chosen) < min(size, len(drawn)):
+        best = max((i for i in range(len(drawn)) if i not in chosen), key=lambda i: len(features[i] - covered))
+        chosen.append(best)
+        covered |= features[best]
+    return [drawn[i] for i in chosen]
+
+
+def _features(dims: Dims) -> list[tuple[str, Any]]:
+    """A geometry's coarse features: every size and layer field, bucketed."""
+    out: list[tuple[str, Any]] = []
+    for name, value in sorted(dims.items()):
+        if isinstance(value, LayerSpec):
+            for field in ("in_features", "out_features", "kernel_size", "strides", "dilation", "groups", "padding",
+                          "bias"):
+                out.append((field, _bucket(getattr(value, field))))
+            if value.kind == "conv":  # what frameworks treat differently (Keras: no stride with dilation)
+                out.append(("strided", any(s > 1 for s in value.strides)))
+                out.append(("dilated", any(d > 1 and k > 1 for d, k in zip(value.dilation, value.kernel_size))))
+        else:
+            out.append((name, _bucket(value)))
+    return out
+
+
+def _bucket(value: Any) -> Any:
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (int, np.integer)):
+        return 1 if value == 1 else "2-4" if value <= 4 else ">4"
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+        return "explicit"  # explicit (lo, hi) padding per axis
+    if isinstance(value, tuple):
+        return tuple(_bucket(v) for v in value)
+    return type(value).__name__

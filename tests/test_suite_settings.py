@@ -133,3 +133,19 @@ def test_bad_geometry_option_is_a_usage_error():
     assert done.returncode == pytest.ExitCode.USAGE_ERROR
     assert "--conformance-geometries / $CONFORMANCE_GEOMETRIES: expected a whole number" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_geometry_pool_covers_the_features_a_fault_needs():
+    """The first draws are mostly minimal; the pool picks for coverage: e.g. a dilated convolution
+    with stride 1 (the only dilation Keras accepts, so the only one a Keras dilation bug shows in)."""
+    from suites.catalog import CLAIMS_BY_ID
+    from suites.strategies import geometry_pool
+
+    for claim_id in ("xfw-conv1d", "xfw-conv2d"):
+        specs = [d["spec"] for d in geometry_pool(CLAIMS_BY_ID[claim_id].dims, 10, f"{claim_id}-float32-cpu/forward")]
+        assert any(all(s == 1 for s in p.strides) and any(d > 1 and k > 1 for d, k in zip(p.dilation, p.kernel_size))
+                   for p in specs), claim_id
+        assert any(any(s > 1 for s in p.strides) for p in specs)
+        assert any(p.groups > 1 for p in specs) and any(p.groups == 1 for p in specs)
+        assert any(p.bias for p in specs) and not all(p.bias for p in specs)
+        assert len({p.padding if isinstance(p.padding, str) else "explicit" for p in specs}) >= 2
