@@ -140,10 +140,11 @@ def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Di
     """`size` distinct geometries of `dims` that cover its features in pairs; the same for the same `key`.
 
     Hypothesis draws the candidates (seeded from `key`, generation phase only: its mix of the
-    smallest sizes, boundaries and random ones), POOL_CANDIDATES per member. The first candidate,
-    the simplest geometry, is kept; then each member is the candidate that covers the most
-    feature pairs not yet covered (a feature: a size, or a layer field such as stride, dilation,
-    groups, padding kind or bias, bucketed as 1, 2-4 or more). So the pool holds, e.g., a dilated
+    smallest sizes, boundaries and random ones), POOL_CANDIDATES per member. The first candidate
+    (the simplest geometry) and the largest are kept (bugs that show only on large tensors need
+    one); then each member is the candidate that covers the most feature pairs not yet covered
+    (a feature: a size, or a layer field such as stride, dilation, groups, padding kind or bias,
+    bucketed as 1, 2-4 or more). So the pool holds, e.g., a dilated
     convolution with stride 1 (the only dilation Keras accepts) next to strided ones, rather than
     whatever the first draws were. A test that draws from the pool (st.sampled_from) runs its
     examples over these geometries with fresh data, so a layer compiled for a geometry serves
@@ -170,13 +171,21 @@ def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Di
     for candidate in drawn:
         singles = _features(candidate)
         features.append(set(singles) | set(itertools.combinations(singles, 2)))
-    chosen = [0]
-    covered = set(features[0])
+    largest = max(range(len(drawn)), key=lambda i: (_elements(drawn[i]), -i))
+    chosen = [0] if largest == 0 else [0, largest]
+    covered = set().union(*(features[i] for i in chosen))
     while len(chosen) < min(size, len(drawn)):
         best = max((i for i in range(len(drawn)) if i not in chosen), key=lambda i: len(features[i] - covered))
         chosen.append(best)
         covered |= features[best]
     return [drawn[i] for i in chosen]
+
+
+def _elements(dims: Dims) -> int:
+    """How large the example is: its input's size, or the product of its sizes (B*L*K*N)."""
+    if dims.get("shape") is not None:
+        return int(np.prod(dims["shape"]))
+    return int(np.prod([v for v in dims.values() if isinstance(v, (int, np.integer)) and not isinstance(v, bool)]))
 
 
 def _features(dims: Dims) -> list[tuple[str, Any]]:

@@ -149,3 +149,16 @@ def test_geometry_pool_covers_the_features_a_fault_needs():
         assert any(p.groups > 1 for p in specs) and any(p.groups == 1 for p in specs)
         assert any(p.bias for p in specs) and not all(p.bias for p in specs)
         assert len({p.padding if isinstance(p.padding, str) else "explicit" for p in specs}) >= 2
+
+
+def test_geometry_pool_keeps_the_simplest_and_the_largest_candidate():
+    """A fault that fires only on large outputs (>= 1000 elements) needs a large geometry in the pool."""
+    import numpy as np
+
+    from suites.catalog import CLAIMS_BY_ID
+    from suites.strategies import geometry_pool
+
+    claim = CLAIMS_BY_ID["xfw-dense"]
+    pool = geometry_pool(claim.dims, 10, "xfw-dense-float32-cpu/forward")
+    sizes = [int(np.prod(claim.input_shape(d))) for d in pool]
+    assert sizes[0] == min(sizes) == 1 and max(sizes) >= 1000
