@@ -169,6 +169,8 @@ def _tf_grouped_program_for(layer: "KerasLayer") -> tuple[Any, Any]:
 
 
 def _vjp_tensorflow(layer: KerasLayer, x: Any, cotangent: Any, eager: bool = False) -> tuple[Any, list[Any]]:
+    """The VJP by GradientTape; grouped convolutions through their program unless `eager` (the
+    program's own body, and the self-test's reference)."""
     import tensorflow as tf
 
     if not eager and _tf_grouped(layer.spec):

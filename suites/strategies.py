@@ -144,11 +144,11 @@ def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Di
     (the simplest geometry) and the largest are kept (bugs that show only on large tensors need
     one); then each member is the candidate that covers the most feature pairs not yet covered
     (a feature: a size, or a layer field such as stride, dilation, groups, padding kind or bias,
-    bucketed as 1, 2-4 or more). So the pool holds, e.g., a dilated
-    convolution with stride 1 (the only dilation Keras accepts) next to strided ones, rather than
-    whatever the first draws were. A test that draws from the pool (st.sampled_from) runs its
-    examples over these geometries with fresh data, so a layer compiled for a geometry serves
-    several examples. Fewer than `size` when the strategy has fewer distinct values.
+    bucketed as 1, 2-4 or more). So the pool holds, e.g., a dilated convolution with stride 1 (the
+    only dilation Keras accepts) next to strided ones, rather than whatever the first draws were.
+    A test that draws from the pool (st.sampled_from) runs its examples over these geometries with
+    fresh data, so a layer compiled for a geometry serves several examples. Fewer than `size` when
+    the strategy has fewer distinct values.
     """
     import itertools
 
