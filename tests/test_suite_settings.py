@@ -162,3 +162,20 @@ def test_geometry_pool_keeps_the_simplest_and_the_largest_candidate():
     pool = geometry_pool(claim.dims, 10, "xfw-dense-float32-cpu/forward")
     sizes = [int(np.prod(claim.input_shape(d))) for d in pool]
     assert sizes[0] == min(sizes) == 1 and max(sizes) >= 1000
+
+
+def test_frameworks_are_frozen_out_of_garbage_collection_once():
+    """After a row's frameworks are imported, full collections no longer walk them (suites.harness.freeze_imports)."""
+    import gc
+
+    pytest.importorskip("torch")
+    from suites import harness
+
+    import torch  # noqa: F401  (a framework in sys.modules)
+
+    harness._FROZEN_FRAMEWORKS.discard("torch")
+    harness.freeze_imports()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0 and "torch" in harness._FROZEN_FRAMEWORKS
+    harness.freeze_imports()  # nothing new imported: no second collection and freeze
+    assert gc.get_freeze_count() == frozen
