@@ -56,9 +56,10 @@ def _harness_run(claim_id: str, examples: int, dtype: str, on_example: Callable[
     from hypothesis import HealthCheck, given, settings, strategies as st
 
     from suites.catalog import CLAIMS_BY_ID
-    from suites.harness import Case, ClaimRunner
+    from suites.harness import Case, ClaimRunner, freeze_imports
 
     runner = ClaimRunner(Case(CLAIMS_BY_ID[claim_id], dtype, "cpu"), {}, check="forward", geometries=geometries)
+    freeze_imports()  # as the suite's runner fixture does
     if on_example is not None:  # capture the drawn example for the hand-written loop
         draw = runner.draw
 

@@ -9,7 +9,7 @@ import pytest
 
 from reports.plugin import counterexample_folder, record_environment
 from suites.catalog import CLAIMS
-from suites.harness import Case, ClaimRunner
+from suites.harness import Case, ClaimRunner, freeze_imports
 from suites.strategies import configured_pool_size
 
 _RECORDED: set[str] = set()
@@ -120,6 +120,7 @@ def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -
     runner = ClaimRunner(request.param, conformance_record, check=check, frameworks=selected,
                          counterexamples=counterexample_folder(request.config),
                          geometries=configured_pool_size(request.config.getoption("--conformance-geometries")))
+    freeze_imports()  # the row's frameworks are imported now (the runner asked each whether it runs)
     yield runner
     for framework in runner.frameworks_used():
         if framework not in _RECORDED:

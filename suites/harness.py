@@ -23,6 +23,7 @@ from suites.divergences import divergence_for
 from suites.strategies import STYLES, Dims, data_source, geometry_key, geometry_pool, random_array
 
 MAX_SAMPLES = 400  # per result, for the report's plots
+DRAWING_CHECKS = ("forward", "gradient", "depth", "batch")  # the checks whose examples draw a geometry
 _FROZEN_FRAMEWORKS: set[str] = set()
 
 
@@ -107,11 +108,9 @@ class ClaimRunner:
         self.record["keras_backend"] = _keras_backend() if any(v.framework == "keras" for v in self.runnable) else None
         if not self.runnable:
             pytest.skip("; ".join(sorted(set(self.skipped.values()))))
-        freeze_imports()  # the frameworks of this row are imported now (supports() above)
         self.dims: st.SearchStrategy[Dims] = claim.dims
-        if self.geometries:
-            pool = geometry_pool(claim.dims, self.geometries, f"{self.case.id}/{self.check}")
-            self.dims = st.sampled_from(pool)
+        if self.geometries and self.check in DRAWING_CHECKS:  # built here: a pool drawn inside @given would nest it
+            self.dims = st.sampled_from(geometry_pool(claim.dims, self.geometries, f"{self.case.id}/{self.check}"))
         self._geometries_seen: set[tuple[tuple[str, Any], ...]] = set()
 
     def _draw_dims(self, data: st.DataObject) -> Dims:
