@@ -60,12 +60,12 @@ def benign_examples_per_test(fault: Any, total: int, env: dict[str, str]) -> int
     collect.remove("--conformance-report")
     collect.remove(os.devnull)
     done = subprocess.run(collect, env=env, cwd=str(ROOT), capture_output=True, text=True)
-    shares = 0  # tests selected
+    tests = 0
     for line in done.stdout.splitlines():  # "-q -q": `file: count` lines
         path, _, count = line.rpartition(":")
         if path.endswith(".py") and count.strip().isdigit():
-            shares += int(count)
-    return max(50, math.ceil(total * 1.2 / max(shares, 1.0)))
+            tests += int(count)
+    return max(50, math.ceil(total * 1.2 / max(tests, 1)))
 
 
 def judge(fault: Any, report: dict[str, Any], benign_examples: int) -> dict[str, Any]:
