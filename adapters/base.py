@@ -85,6 +85,14 @@ class Adapter(abc.ABC):
         """Canonical device names this framework can run on here ("cpu", "gpu")."""
         return ["cpu"]
 
+    def _devices_seen(self) -> tuple[str, ...]:
+        """`devices()` asked once per adapter: the devices a process sees do not change while it runs,
+        and asking (jax.devices, torch.cuda.is_available, ...) on every example cost more than the check."""
+        seen = self.__dict__.get("_devices_cache")
+        if seen is None:
+            seen = self.__dict__["_devices_cache"] = tuple(self.devices())
+        return seen
+
     def supports(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
         """None if this framework can run the layer, else the reason (reported as the skip reason)."""
         reason = self.available()
@@ -94,7 +102,7 @@ class Adapter(abc.ABC):
             return f"unknown dtype {dtype!r}"
         if dtype.startswith("mixed_") and dtype not in self.policies:
             return f"{dtype} is a Keras dtype policy; {self.name} layers have no such dtype"
-        if device not in self.devices():
+        if device not in self._devices_seen():
             return f"{self.name} sees no {device} device here"
         if (spec.kind, spec.rank) not in self.classes:
             return f"{self.name} has no layer for {spec.describe()}"

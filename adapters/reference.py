@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Mapping
 
 import numpy as np
@@ -11,46 +12,65 @@ from .spec import LayerSpec
 
 def forward(spec: LayerSpec, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> np.ndarray:
     """The layer's output in float64, computed from the (already rounded) inputs and weights."""
-    spec.check_input(x.shape)
-    x64 = np.asarray(x, dtype=np.float64)
-    kernel = np.asarray(weights["kernel"], dtype=np.float64)
-    bias = np.asarray(weights["bias"], dtype=np.float64) if spec.bias else None
-    y = _dense(x64, kernel) if spec.kind == "dense" else _conv(spec, x64, kernel)
-    return y if bias is None else y + bias
+    return _evaluate(spec, x, weights, absolute=False)[0]
 
 
 def magnitude(spec: LayerSpec, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> np.ndarray:
     """``|W| * |x| + |b|``: the same layer on absolute values; scales the rounding-error bound."""
-    absolute = {name: np.abs(np.asarray(value, dtype=np.float64)) for name, value in weights.items()}
-    return forward(spec, np.abs(np.asarray(x, dtype=np.float64)), absolute)
+    return _evaluate(spec, np.abs(np.asarray(x, dtype=np.float64)),
+                     {name: np.abs(np.asarray(value, dtype=np.float64)) for name, value in weights.items()},
+                     absolute=False)[0]
 
 
-def _dense(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    return x @ kernel
+def forward_and_magnitude(spec: LayerSpec, x: np.ndarray,
+                          weights: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """`forward` and `magnitude` together: one pass over the kernel's taps serves both."""
+    y, m = _evaluate(spec, x, weights, absolute=True)
+    return y, m
+
+
+def _evaluate(spec: LayerSpec, x: np.ndarray, weights: Mapping[str, np.ndarray],
+              absolute: bool) -> list[np.ndarray]:
+    """The layer on (x, W, b), and with `absolute` also on (|x|, |W|, |b|), stacked on a leading axis."""
+    spec.check_input(x.shape)
+    x64 = np.asarray(x, dtype=np.float64)
+    kernel = np.asarray(weights["kernel"], dtype=np.float64)
+    xs, kernels = (np.stack([x64, np.abs(x64)]), np.stack([kernel, np.abs(kernel)])) if absolute else (x64[None], kernel[None])
+    if spec.kind == "dense":  # (P, rows, K) @ (P, K, N), rows = every leading axis of x
+        ys = np.matmul(xs.reshape(len(xs), -1, x64.shape[-1]), kernels).reshape(len(xs), *x64.shape[:-1], kernel.shape[-1])
+    else:
+        ys = _conv(spec, xs, kernels)
+    if not spec.bias:
+        return list(ys)
+    bias = np.asarray(weights["bias"], dtype=np.float64)
+    return [ys[0] + bias, ys[1] + np.abs(bias)] if absolute else [ys[0] + bias]
 
 
 _NUMPY_PAD = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def _pad(spec: LayerSpec, x: np.ndarray) -> np.ndarray:
-    pads = spec.explicit_padding(x.shape[1:-1])
-    return np.pad(x, [(0, 0), *pads, (0, 0)], mode=_NUMPY_PAD[spec.padding_mode])
+def _conv(spec: LayerSpec, xs: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """Convolutions of P inputs (P, B, *spatial, C_in) with P kernels (P, *k, C_in/groups, C_out).
 
-
-def _conv(spec: LayerSpec, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    x = _pad(spec, x)
-    batch, spatial = x.shape[0], x.shape[1:-1]
-    groups, cin_g = spec.groups, spec.in_features // spec.groups
+    The padded input's windows, one per kernel tap, are laid side by side (im2col), so each group
+    is one matrix product over taps x input channels: the float64 sum of the same K products in
+    another order, within the reference's own gamma(K, 2^-53).
+    """
+    pads = spec.explicit_padding(xs.shape[2:-1])
+    xs = np.pad(xs, [(0, 0), (0, 0), *pads, (0, 0)], mode=_NUMPY_PAD[spec.padding_mode])
+    pairs, batch, spatial = xs.shape[0], xs.shape[1], xs.shape[2:-1]
+    groups, cin_g, cout_g = spec.groups, spec.in_features // spec.groups, spec.out_features // spec.groups
     out_spatial = [(n - (k - 1) * d - 1) // s + 1
                    for n, k, s, d in zip(spatial, spec.kernel_size, spec.strides, spec.dilation)]
-    xg = x.reshape(batch, *spatial, groups, cin_g)
-    wg = kernel.reshape(*spec.kernel_size, cin_g, groups, spec.out_features // groups)
-    y = np.zeros((batch, *out_spatial, groups, spec.out_features // groups))
-    for offsets in itertools.product(*(range(k) for k in spec.kernel_size)):
-        window = tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
-                       for o, d, n, s in zip(offsets, spec.dilation, out_spatial, spec.strides))
-        y += np.einsum("...gc,cgo->...go", xg[(slice(None), *window)], wg[offsets])
-    return y.reshape(batch, *out_spatial, spec.out_features)
+    taps = list(itertools.product(*(range(k) for k in spec.kernel_size)))
+    cols = np.stack([xs[(slice(None), slice(None), *(slice(o * d, o * d + (n - 1) * s + 1, s) for o, d, n, s
+                                                       in zip(offsets, spec.dilation, out_spatial, spec.strides)))]
+                     for offsets in taps], axis=-2)  # (P, B, *out, taps, C_in)
+    rows, depth = batch * math.prod(out_spatial), len(taps) * cin_g
+    cols = cols.reshape(pairs, rows, len(taps), groups, cin_g).transpose(0, 3, 1, 2, 4).reshape(pairs, groups, rows, depth)
+    w = kernels.reshape(pairs, len(taps), cin_g, groups, cout_g).transpose(0, 3, 1, 2, 4).reshape(pairs, groups, depth, cout_g)
+    y = np.matmul(cols, w)  # (P, groups, rows, C_out/groups)
+    return y.transpose(0, 2, 1, 3).reshape(pairs, batch, *out_spatial, spec.out_features)
 
 
 def vjp(spec: LayerSpec, x: np.ndarray, weights: Mapping[str, np.ndarray],

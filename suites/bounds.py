@@ -14,6 +14,7 @@ would fail a 1-ulp perturbation. It changes the bound by 2u out of (K + 1) u.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 
@@ -53,6 +54,37 @@ def bound_coefficient(terms: int, dtype: str, u_eff: float | None = None) -> flo
     """gamma(n, u) + 2u (one last-bit allowance) + gamma(n, 2^-53) (the reference's own rounding)."""
     u = UNIT_ROUNDOFF[dtype] if u_eff is None else u_eff
     return gamma(terms, u) + 2 * u + gamma(terms, UNIT_ROUNDOFF["float64"])
+
+
+def bound_ratios(ys: Sequence[np.ndarray], refs: Sequence[np.ndarray],
+                 bounds: Sequence[np.ndarray]) -> list[tuple[float, float, tuple[int, ...]]]:
+    """`bound_ratio` of every (y, y_ref, bound) triple, the same numbers in one array operation.
+
+    A claim compares each of its variants, and every pair of them, on one output layout: stacking
+    them costs one pass instead of one call per variant or pair. Triples of differing shapes fall
+    back to `bound_ratio` one by one.
+    """
+    shapes = {np.shape(a) for group in (ys, refs, bounds) for a in group}
+    if len(ys) < 2 or len(shapes) != 1:
+        return [bound_ratio(y, r, b) for y, r, b in zip(ys, refs, bounds)]
+    shape = shapes.pop()
+    if math.prod(shape) == 0:
+        return [(0.0, 0.0, ())] * len(ys)
+    error = np.abs(_rows(ys) - _rows(refs))
+    error[~np.isfinite(error)] = np.inf  # as in bound_ratio: a NaN on either side is an infinite error
+    ratio = error / _rows(bounds)
+    flat = np.argmax(ratio, axis=1)  # argmax: the first NaN where there is one, as in bound_ratio
+    worst = ratio[np.arange(len(ys)), flat]
+    return [(float(e), float(r), tuple(int(i) for i in np.unravel_index(int(f), shape)))
+            for e, r, f in zip(error.max(axis=1), worst, flat)]
+
+
+def _rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """(len(arrays), size) float64; one array repeated (every variant against one target) is not copied."""
+    first = np.asarray(arrays[0], dtype=np.float64).reshape(1, -1)
+    if all(a is arrays[0] for a in arrays):
+        return np.broadcast_to(first, (len(arrays), first.shape[1]))
+    return np.stack([np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays])
 
 
 def bound_ratio(y: np.ndarray, y_ref: np.ndarray, bound: np.ndarray) -> tuple[float, float, tuple[int, ...]]:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from adapters import FRAMEWORKS, class_name
 from adapters import reference
 from adapters.spec import DTYPES, LayerSpec, Weights
+from suites.bounds import error_bound
 from suites.strategies import Dims, conv_dims, dense_dims, fixed, sequence_dims
 
 
@@ -412,6 +413,7 @@ class ReferenceMemo:
 
     def __init__(self) -> None:
         self._layers: list[tuple[LayerSpec, np.ndarray, Weights, np.ndarray, np.ndarray]] = []
+        self._bounds: dict[tuple[int, int, str], np.ndarray] = {}
 
     def layer(self, spec: LayerSpec, layer_x: np.ndarray, layer_w: Weights) -> tuple[np.ndarray, np.ndarray]:
         for seen_spec, seen_x, seen_w, y, m in self._layers:
@@ -419,9 +421,19 @@ class ReferenceMemo:
                     and np.array_equal(seen_x, layer_x)
                     and all(np.array_equal(seen_w[k], layer_w[k]) for k in seen_w)):
                 return y, m
-        y, m = reference.forward(spec, layer_x, layer_w), reference.magnitude(spec, layer_x, layer_w)
+        y, m = reference.forward_and_magnitude(spec, layer_x, layer_w)
         self._layers.append((spec, layer_x, layer_w, y, m))
         return y, m
+
+    def error_bound(self, spec: LayerSpec, layer_magnitude: np.ndarray, dtype: str) -> np.ndarray:
+        """`suites.bounds.error_bound` of a layer this memo evaluated, computed once per layer and dtype."""
+        entry = next((i for i, seen in enumerate(self._layers) if seen[4] is layer_magnitude), None)
+        if entry is None:  # not one of this memo's layers: nothing to share
+            return error_bound(spec.reduction_length, layer_magnitude, dtype)
+        key = (entry, spec.reduction_length, dtype)
+        if key not in self._bounds:
+            self._bounds[key] = error_bound(spec.reduction_length, layer_magnitude, dtype)
+        return self._bounds[key]
 
     def __len__(self) -> int:
         return len(self._layers)

