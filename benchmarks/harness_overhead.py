@@ -13,6 +13,7 @@ figures across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -112,6 +113,52 @@ def _hand_loop(claim_id: str, drawn: list[tuple], dtype: str) -> float:
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def _timing_calls(seconds: dict[str, float]) -> Any:
+    """Adds the wall time spent in framework calls (Adapter.build, Layer.forward) and in
+    ClaimRunner.draw to `seconds` while active."""
+    from adapters.base import Adapter, Layer
+    from suites.harness import ClaimRunner
+
+    originals = [(Adapter, "build", "framework"), (Layer, "forward", "framework"), (ClaimRunner, "draw", "draw")]
+    saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in originals]
+
+    def timed(function: Callable[..., Any], key: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+        return call
+
+    for cls, name, key in originals:
+        setattr(cls, name, timed(cls.__dict__[name], key))
+    try:
+        yield
+    finally:
+        for cls, name, function in saved:
+            setattr(cls, name, function)
+
+
+def _breakdown(claim_id: str, examples: int, dtype: str, pool: int | None, drawn: list[tuple]) -> str:
+    """One instrumented run of each (not the timed ones): where an example's time goes, in ms."""
+    harness: dict[str, float] = {}
+    with _timing_calls(harness):
+        wall, count, bodies = _harness_run(claim_id, examples, dtype, geometries=pool)
+    hand: dict[str, float] = {}
+    with _timing_calls(hand):
+        hand_wall = _hand_loop(claim_id, drawn, dtype)
+    ms = lambda value, n: f"{value / n * 1e3:.2f}"  # noqa: E731
+    engine, body = wall - sum(bodies), sum(bodies)
+    framework, draw = harness.get("framework", 0.0), harness.get("draw", 0.0)
+    return (f"where an example's time goes (instrumented run, ms): harness {ms(wall, count)} = hypothesis engine "
+            f"{ms(engine, count)} + drawing sizes and data {ms(draw, count)} + framework calls {ms(framework, count)} "
+            f"+ reference, bounds and bookkeeping {ms(body - draw - framework, count)}; hand loop {ms(hand_wall, len(drawn))} "
+            f"= framework calls {ms(hand.get('framework', 0.0), len(drawn))} + data, reference and comparison "
+            f"{ms(hand_wall - hand.get('framework', 0.0), len(drawn))}")
+
+
 def overhead(examples: int, dtype: str, rounds: int) -> dict[str, dict[str, float]]:
     from suites.strategies import CI_GEOMETRIES
 
@@ -137,6 +184,7 @@ def overhead(examples: int, dtype: str, rounds: int) -> dict[str, dict[str, floa
             print(f"    {claim_id:12s} harness {h * 1e3:8.2f} ms/example (test body {b * 1e3:8.2f}), "
                   f"hand loop {m * 1e3:8.2f} ms/example -> ratio {ratio:5.2f}x ({verdict} the {OVERHEAD_TARGET}x "
                   f"target; body alone {b / m:5.2f}x)")
+            print(f"      {_breakdown(claim_id, examples, dtype, pool, drawn)}")
     return figures
 
 
@@ -257,8 +305,7 @@ BREAKDOWN = (  # (what, file suffix, function): cumulative time of that function
     ("framework import (first get_adapter)", "adapters/__init__.py", "get_adapter"),
     ("layer construction (Adapter.build)", "adapters/base.py", "build"),
     ("forward (Layer.forward)", "adapters/base.py", "forward"),
-    ("float64 reference: forward", "adapters/reference.py", "forward"),
-    ("float64 reference: magnitude", "adapters/reference.py", "magnitude"),
+    ("float64 reference: output and magnitude", "adapters/reference.py", "forward_and_magnitude"),
     ("hypothesis generation (ClaimRunner.draw)", "suites/harness.py", "draw"),
     ("test body (ClaimRunner.forward_example)", "suites/harness.py", "forward_example"),
     ("runner set-up (ClaimRunner.__post_init__)", "suites/harness.py", "__post_init__"),
@@ -314,8 +361,9 @@ def _profile_child(claim_id: str, examples: int, dtype: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=20, help="hypothesis examples per measurement (default 20)")
-    parser.add_argument("--rounds", type=int, default=2, help="timed rounds for the overhead ratio (default 2)")
+    parser.add_argument("--examples", type=int, default=50,
+                        help="hypothesis examples per measurement (default 50, a ci test's number)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds for the overhead ratio (default 3)")
     parser.add_argument("--dtype", default="float32", help="dtype under test (default float32)")
     parser.add_argument("--throughput-examples", type=int, default=8, help="examples per claim for throughput")
     parser.add_argument("--skip-scaling", action="store_true", help="skip the pytest serial vs -n 2 timing")
