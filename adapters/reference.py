@@ -35,9 +35,13 @@ def _evaluate(spec: LayerSpec, x: np.ndarray, weights: Mapping[str, np.ndarray],
     spec.check_input(x.shape)
     x64 = np.asarray(x, dtype=np.float64)
     kernel = np.asarray(weights["kernel"], dtype=np.float64)
-    xs, kernels = (np.stack([x64, np.abs(x64)]), np.stack([kernel, np.abs(kernel)])) if absolute else (x64[None], kernel[None])
+    if absolute:
+        xs, kernels = np.stack([x64, np.abs(x64)]), np.stack([kernel, np.abs(kernel)])
+    else:
+        xs, kernels = x64[None], kernel[None]
     if spec.kind == "dense":  # (P, rows, K) @ (P, K, N), rows = every leading axis of x
-        ys = np.matmul(xs.reshape(len(xs), -1, x64.shape[-1]), kernels).reshape(len(xs), *x64.shape[:-1], kernel.shape[-1])
+        ys = np.matmul(xs.reshape(len(xs), -1, x64.shape[-1]), kernels)
+        ys = ys.reshape(len(xs), *x64.shape[:-1], kernel.shape[-1])
     else:
         ys = _conv(spec, xs, kernels)
     if not spec.bias:
@@ -67,8 +71,10 @@ def _conv(spec: LayerSpec, xs: np.ndarray, kernels: np.ndarray) -> np.ndarray:
                                                        in zip(offsets, spec.dilation, out_spatial, spec.strides)))]
                      for offsets in taps], axis=-2)  # (P, B, *out, taps, C_in)
     rows, depth = batch * math.prod(out_spatial), len(taps) * cin_g
-    cols = cols.reshape(pairs, rows, len(taps), groups, cin_g).transpose(0, 3, 1, 2, 4).reshape(pairs, groups, rows, depth)
-    w = kernels.reshape(pairs, len(taps), cin_g, groups, cout_g).transpose(0, 3, 1, 2, 4).reshape(pairs, groups, depth, cout_g)
+    cols = cols.reshape(pairs, rows, len(taps), groups, cin_g).transpose(0, 3, 1, 2, 4)
+    cols = cols.reshape(pairs, groups, rows, depth)
+    w = kernels.reshape(pairs, len(taps), cin_g, groups, cout_g).transpose(0, 3, 1, 2, 4)
+    w = w.reshape(pairs, groups, depth, cout_g)
     y = np.matmul(cols, w)  # (P, groups, rows, C_out/groups)
     return y.transpose(0, 2, 1, 3).reshape(pairs, batch, *out_spatial, spec.out_features)
 

@@ -440,8 +440,8 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
         ran.append((variant, label, ref, layer_y, layer_bound, y, bound, later))
     expected = [target.y if claim.relation == "equal" else ref.y for _, _, ref, *_ in ran]
     judged = bound_ratios([r[5] for r in ran], expected, [r[6] for r in ran])  # every variant in one pass
-    for (variant, label, ref, layer_y, layer_bound, y, bound, later), want, (error, ratio, index) in zip(ran, expected, judged):
-        spec = ref.spec
+    for (variant, label, ref, layer_y, layer_bound, y, bound, later), want, judgement in zip(ran, expected, judged):
+        spec, (error, ratio, index) = ref.spec, judgement
         v = VariantOutcome(label, variant.framework, spec, ref.layer_x, ref.layer_w, layer_y,
                            ref.layer_y, layer_bound, y, bound, error, ratio)
         divergence = divergence_for(variant.framework, spec, dtype, "forward", ref.layer_x.shape)
