@@ -5,7 +5,6 @@ the statistics that the report plugin turns into a result row.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import time
 from pathlib import Path
@@ -21,16 +20,12 @@ from adapters.spec import LayerSpec, Weights
 from suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound
 from suites.catalog import Claim, ReferenceMemo, Variant, evaluate_reference
 from suites.divergences import divergence_for
-from suites.strategies import SEEDS, STYLES, Dims, data_source, geometry_key, geometry_pool, random_array
+from suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, geometry_key, geometry_pool,
+                               random_array)
 
 MAX_SAMPLES = 400  # per result, for the report's plots
 DRAWING_CHECKS = ("forward", "gradient", "depth", "batch")  # the checks whose examples draw a geometry
 _FROZEN_FRAMEWORKS: set[str] = set()
-
-
-@functools.lru_cache(maxsize=None)
-def _depths(most: int) -> st.SearchStrategy[int]:
-    return st.integers(2, most)
 
 
 def freeze_imports() -> None:
@@ -217,7 +212,7 @@ class ClaimRunner:
 
         claim, dtype, device = self.case
         dims = stackable(self._draw_dims(data))
-        depth = data.draw(_depths(MAX_DEPTH), label="depth")
+        depth = data.draw(cached_integers(2, MAX_DEPTH), label="depth")
         rng = np.random.default_rng(data.draw(SEEDS, label="seed"))
         base = claim.variants[0]
         spec = base.spec(dims)

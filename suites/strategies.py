@@ -33,8 +33,8 @@ def fixed(**values: int) -> st.SearchStrategy[Dims]:
 
 
 # conv_dims draws a dozen values per geometry; a strategy object built anew for each draw cost about
-# as much as the draw (a fresh conv_dims(1) geometry: 1.04 ms per example, 0.66 ms with these cached)
-_integers = functools.lru_cache(maxsize=None)(st.integers)
+# as much as the draw (a fresh conv_dims(1) geometry under @given: 1.09 ms per example, 0.93 ms cached)
+cached_integers = functools.lru_cache(maxsize=None)(st.integers)
 _sampled_from = functools.lru_cache(maxsize=None)(st.sampled_from)
 _BOOLEANS = st.booleans()
 
@@ -50,16 +50,16 @@ def conv_dims(draw: st.DrawFn, rank: int, *, max_groups: int = 3, max_kernel: in
     `paddings` may also hold "causal" and "flax-border" (Flax's CIRCULAR/REFLECT amounts,
     ((k_d - 1) // 2, k_d // 2)); reflect padding gets inputs longer than the pad.
     """
-    groups = draw(_integers(1, max_groups), label="groups")
-    cin = groups * draw(_integers(1, max_channels_per_group), label="in per group")
-    cout = groups * draw(_integers(1, max_channels_per_group), label="out per group")
-    kernel = tuple(draw(_integers(1, max_kernel), label="kernel") for _ in range(rank))
-    strides_ = tuple(strides or draw(_integers(1, max_stride), label="stride") for _ in range(rank))
-    dilation = tuple(draw(_integers(1, max_dilation), label="dilation") for _ in range(rank))
+    groups = draw(cached_integers(1, max_groups), label="groups")
+    cin = groups * draw(cached_integers(1, max_channels_per_group), label="in per group")
+    cout = groups * draw(cached_integers(1, max_channels_per_group), label="out per group")
+    kernel = tuple(draw(cached_integers(1, max_kernel), label="kernel") for _ in range(rank))
+    strides_ = tuple(strides or draw(cached_integers(1, max_stride), label="stride") for _ in range(rank))
+    dilation = tuple(draw(cached_integers(1, max_dilation), label="dilation") for _ in range(rank))
     mode = draw(_sampled_from(paddings), label="padding")
     if mode == "explicit":
-        padding: Any = tuple((draw(_integers(0, k - 1 if k > 1 else 1)), draw(_integers(0, k - 1 if k > 1 else 1)))
-                             for k in kernel)
+        padding: Any = tuple((draw(cached_integers(0, k - 1 if k > 1 else 1)),
+                              draw(cached_integers(0, k - 1 if k > 1 else 1))) for k in kernel)
         pads = padding
     elif mode == "flax-border":
         padding = pads = tuple((((k - 1) * d) // 2, ((k - 1) * d + 1) // 2) for k, d in zip(kernel, dilation))
@@ -74,11 +74,11 @@ def conv_dims(draw: st.DrawFn, rank: int, *, max_groups: int = 3, max_kernel: in
             least = max(least, lo + 1, hi + 1)
         elif padding_mode == "circular":  # torch wraps at most once around the input
             least = max(least, lo, hi)
-        spatial.append(draw(_integers(least, least + 8), label="spatial"))
+        spatial.append(draw(cached_integers(least, least + 8), label="spatial"))
     bias = draw(_BOOLEANS, label="bias")
     spec = LayerSpec.conv(cin, cout, kernel, strides=strides_, padding=padding, dilation=dilation,
                           groups=groups, bias=bias, padding_mode=padding_mode)
-    batch = draw(_integers(1, 3), label="batch")
+    batch = draw(cached_integers(1, 3), label="batch")
     return {"spec": spec, "shape": (batch, *spatial, cin)}
 
 
