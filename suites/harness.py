@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from adapters import get_adapter, reference
 from adapters.spec import LayerSpec, Weights
 from suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound
-from suites.catalog import Claim, ReferenceMemo, Variant, evaluate_reference
+from suites.catalog import Claim, Reference, ReferenceMemo, Variant, evaluate_reference
 from suites.divergences import divergence_for
 from suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, geometry_key, geometry_pool,
                                random_array)
@@ -398,6 +398,19 @@ class ExampleOutcome:
         return text + (f", data style={style}" if style else "")
 
 
+class _Ran(NamedTuple):
+    """A variant that ran on the example, before its output is judged against the bound."""
+
+    variant: Variant
+    label: str
+    ref: Reference
+    layer_y: np.ndarray
+    layer_bound: np.ndarray
+    y: np.ndarray
+    bound: np.ndarray
+    later: list[str]  # its failures listed after the bound check (device agreement, separation)
+
+
 def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
                      variants: list[Variant]) -> ExampleOutcome:
     """Run every variant on one example and judge it against the float64 reference."""
@@ -405,7 +418,7 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
     outcome = ExampleOutcome(case, dims, x, weights)
     memo = ReferenceMemo()  # one oracle evaluation per distinct layer, not per variant
     target = evaluate_reference(claim.variants[0], dims, x, weights, memo)
-    ran: list[tuple[Variant, str, Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]] = []
+    ran: list[_Ran] = []
     for variant in variants:
         label = variant.label(dims)
         ref = target if variant is claim.variants[0] else evaluate_reference(variant, dims, x, weights, memo)
@@ -432,9 +445,9 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
             if not gap > 1.0:
                 later.append(f"{label} does not differ from {claim.variants[0].label(dims)} on this "
                              f"input: the gap is only {gap:.3g}x the {dtype} error bound")
-        ran.append((variant, label, ref, layer_y, layer_bound, y, bound, later))
-    expected = [target.y if claim.relation == "equal" else ref.y for _, _, ref, *_ in ran]
-    judged = bound_ratios([r[5] for r in ran], expected, [r[6] for r in ran])  # every variant in one pass
+        ran.append(_Ran(variant, label, ref, layer_y, layer_bound, y, bound, later))
+    expected = [target.y if claim.relation == "equal" else r.ref.y for r in ran]
+    judged = bound_ratios([r.y for r in ran], expected, [r.bound for r in ran])  # every variant in one pass
     for (variant, label, ref, layer_y, layer_bound, y, bound, later), want, judgement in zip(ran, expected, judged):
         spec, (error, ratio, index) = ref.spec, judgement
         v = VariantOutcome(label, variant.framework, spec, ref.layer_x, ref.layer_w, layer_y,
