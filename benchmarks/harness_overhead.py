@@ -85,22 +85,20 @@ def _harness_run(claim_id: str, examples: int, dtype: str, on_example: Callable[
     return time.perf_counter() - start, len(bodies), bodies
 
 
-def _hand_loop(claim_id: str, drawn: list[tuple], dtype: str) -> float:
-    """The same framework calls without the harness, as a hand-written equivalence script makes
-    them: draw random input and weights of the example's shapes with NumPy, build each variant with
-    those weights, forward, compare with the float64 NumPy reference (computed once per example)."""
+def _hand_example(claim_id: str, dtype: str) -> Callable[[tuple, Any], None]:
+    """One example of the hand-written loop (below): a function of (drawn example, NumPy generator)."""
     import numpy as np
 
     from adapters import get_adapter, reference
     from suites.catalog import CLAIMS_BY_ID
 
     claim = CLAIMS_BY_ID[claim_id]
-    rng = np.random.default_rng(0)
-    start = time.perf_counter()
-    for dims, x, weights, _style in drawn:
+    base = claim.variants[0]
+
+    def example(drawn: tuple, rng: Any) -> None:
+        dims, x, weights, _style = drawn
         x = rng.standard_normal(x.shape).astype(x.dtype)
         weights = {name: rng.standard_normal(w.shape).astype(w.dtype) for name, w in weights.items()}
-        base = claim.variants[0]
         expected = base.y_out(reference.forward(base.spec(dims), base.x_in(x, dims), base.w_map(weights, dims)), dims)
         for variant in claim.variants:
             spec = variant.spec(dims)
@@ -110,7 +108,46 @@ def _hand_loop(claim_id: str, drawn: list[tuple], dtype: str) -> float:
             layer = adapter.build(spec, variant.w_map(weights, dims), dtype, "cpu")
             y = variant.y_out(layer.forward(variant.x_in(x, dims)).astype(np.float64), dims)
             np.max(np.abs(y - expected), initial=0.0)
+
+    return example
+
+
+def _hand_loop(claim_id: str, drawn: list[tuple], dtype: str) -> float:
+    """The same framework calls without the harness, as a hand-written equivalence script makes
+    them: draw random input and weights of the example's shapes with NumPy, build each variant with
+    those weights, forward, compare with the float64 NumPy reference (computed once per example)."""
+    import numpy as np
+
+    example = _hand_example(claim_id, dtype)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for one in drawn:
+        example(one, rng)
     return time.perf_counter() - start
+
+
+def _floor_run(claim_id: str, drawn: list[tuple], dtype: str) -> tuple[float, int]:
+    """The hand loop's examples run as the body of a bare @given test that draws one integer per
+    example: (wall seconds, examples). What hypothesis alone costs on these shapes (its engine, and
+    its effect on the framework calls around it): the least any hypothesis-driven harness can add."""
+    import numpy as np
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    example = _hand_example(claim_id, dtype)
+    rng = np.random.default_rng(0)
+    count = [0]
+
+    @settings(max_examples=len(drawn), derandomize=True, database=None, deadline=None, print_blob=False,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def body(data: Any) -> None:
+        data.draw(st.integers(0, 2 ** 16), label="example")
+        example(drawn[count[0] % len(drawn)], rng)
+        count[0] += 1
+
+    start = time.perf_counter()
+    body()
+    return time.perf_counter() - start, count[0]
 
 
 @contextlib.contextmanager
@@ -171,23 +208,31 @@ def overhead(examples: int, dtype: str, rounds: int) -> dict[str, dict[str, floa
             drawn: list[tuple] = []
             _harness_run(claim_id, examples, dtype, drawn.append, geometries=pool)  # warm-up: imports, compiles
             _hand_loop(claim_id, drawn, dtype)
-            harness, hand, bodies = [], [], []
+            harness, hand, bodies, floor = [], [], [], []
             for _ in range(rounds):  # interleaved, so load changes hit both alike
                 wall, count, per = _harness_run(claim_id, examples, dtype, geometries=pool)
                 harness.append(wall / count)
                 bodies.append(sum(per) / count)
                 hand.append(_hand_loop(claim_id, drawn, dtype) / len(drawn))
-            h, b, m = min(harness), min(bodies), min(hand)
-            # each round's harness run and hand loop ran back to back: their ratio sees the same load
+                wall, count = _floor_run(claim_id, drawn, dtype)
+                floor.append(wall / count)
+            h, b, m, f = min(harness), min(bodies), min(hand), min(floor)
+            # each round's harness run, hand loop and floor ran back to back: their ratios see the same load
             paired = statistics.median(x / y for x, y in zip(harness, hand))
             body_paired = statistics.median(x / y for x, y in zip(bodies, hand))
-            figures[f"{claim_id} ({mode})"] = {"harness_s": h, "body_s": b, "hand_s": m, "ratio": paired,
-                                               "ratio_of_best": h / m}
+            floor_paired = statistics.median(x / y for x, y in zip(floor, hand))
+            own_paired = statistics.median(x / y for x, y in zip(harness, floor))
+            figures[f"{claim_id} ({mode})"] = {"harness_s": h, "body_s": b, "hand_s": m, "floor_s": f, "ratio": paired,
+                                               "ratio_of_best": h / m, "floor_ratio": floor_paired,
+                                               "over_floor": own_paired}
             verdict = "within" if paired <= OVERHEAD_TARGET else "OVER"
             print(f"    {claim_id:12s} harness {h * 1e3:8.2f} ms/example (test body {b * 1e3:8.2f}), hand loop "
                   f"{m * 1e3:8.2f} ms/example (best rounds) -> ratio {paired:5.2f}x, median of {rounds} paired "
                   f"rounds ({verdict} the {OVERHEAD_TARGET}x target; body alone {body_paired:5.2f}x; ratio of the "
                   f"best rounds {h / m:5.2f}x)")
+            print(f"      hypothesis alone (the hand loop's examples as the body of a bare @given test, one draw "
+                  f"each): {f * 1e3:.2f} ms/example -> {floor_paired:5.2f}x the hand loop; the harness is "
+                  f"{own_paired:5.2f}x that (medians of paired rounds)")
             print(f"      {_breakdown(claim_id, examples, dtype, pool, drawn)}")
     return figures
 
