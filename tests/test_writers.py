@@ -204,6 +204,59 @@ def test_html_plots_are_valid_pngs(page):
         assert mpimg.imread(io.BytesIO(png), format="png").shape[0] > 100
 
 
+def _pixels(png: bytes) -> "np.ndarray":
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def _palette_error(full: bytes, small: bytes) -> tuple[float, float]:
+    """(mean over pixels of the worst channel's |difference|, fraction of pixels off by more than 16 of 255 levels)."""
+    difference = abs(_pixels(full) - _pixels(small)).max(axis=-1)
+    return float(difference.mean()), float((difference > 16).mean())
+
+
+def _full_and_palette(monkeypatch) -> tuple[bytes, bytes]:
+    """A report plot as matplotlib renders it (full colour) and as the report embeds it."""
+    from reports import plots
+
+    rendered: list[bytes] = []
+    render = plots._render
+    monkeypatch.setattr(plots, "_render", lambda fig: rendered.append(render(fig)) or rendered[-1])
+    small = plots.error_vs_length(synthetic_report()["results"][:2], title="linear_dense")
+    (full,) = rendered
+    return full, small
+
+
+def test_plots_are_palette_pngs_that_look_like_the_full_colour_render(monkeypatch):
+    """The report embeds 8-bit palette PNGs (a third of the bytes): the same picture to the eye."""
+    from PIL import Image
+
+    from reports import plots
+
+    full, small = _full_and_palette(monkeypatch)
+    with Image.open(io.BytesIO(small)) as image:
+        assert image.mode == "P" and len(image.getcolors(maxcolors=1 << 24)) <= plots.PALETTE_COLOURS
+    with Image.open(io.BytesIO(full)) as image:
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 24)) > plots.PALETTE_COLOURS  # anti-aliasing
+    mean, off = _palette_error(full, small)
+    assert mean <= 2.0 and off <= 0.005, (mean, off)  # a ci report's 62 plots: at most 1.6 and 0.0026
+    assert len(small) < 0.6 * len(full)
+    assert plots.palette_png(full) == small  # deterministic: the same report, the same bytes
+
+
+def test_palette_check_catches_a_palette_too_small(monkeypatch):
+    """The check above fails on a damaged picture: 16 colours lose the shades of the markers' edges."""
+    from reports import plots
+
+    full, _ = _full_and_palette(monkeypatch)
+    monkeypatch.setattr(plots, "PALETTE_COLOURS", 16)
+    mean, off = _palette_error(full, plots.palette_png(full))
+    assert mean > 2.0 or off > 0.005, (mean, off)
+
+
 def test_html_escapes_report_data(page):
     assert XSS not in page
     assert html_lib.escape(XSS) in page or "&lt;script&gt;alert(1)&lt;/script&gt;" in page
