@@ -209,13 +209,23 @@ def overhead(examples: int, dtype: str, rounds: int) -> dict[str, dict[str, floa
             _harness_run(claim_id, examples, dtype, drawn.append, geometries=pool)  # warm-up: imports, compiles
             _hand_loop(claim_id, drawn, dtype)
             harness, hand, bodies, floor = [], [], [], []
-            for _ in range(rounds):  # interleaved, so load changes hit both alike
+
+            def timed_harness() -> None:
                 wall, count, per = _harness_run(claim_id, examples, dtype, geometries=pool)
                 harness.append(wall / count)
                 bodies.append(sum(per) / count)
+
+            def timed_hand() -> None:
                 hand.append(_hand_loop(claim_id, drawn, dtype) / len(drawn))
+
+            def timed_floor() -> None:
                 wall, count = _floor_run(claim_id, drawn, dtype)
                 floor.append(wall / count)
+
+            order = [timed_harness, timed_hand, timed_floor]
+            for round_ in range(rounds):  # back to back, so load changes hit all three alike; every other
+                for run in (order if round_ % 2 == 0 else order[::-1]):  # round reversed: no one always goes first
+                    run()
             h, b, m, f = min(harness), min(bodies), min(hand), min(floor)
             # each round's harness run, hand loop and floor ran back to back: their ratios see the same load
             paired = statistics.median(x / y for x, y in zip(harness, hand))
@@ -412,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=50,
                         help="hypothesis examples per measurement (default 50, a ci test's number)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds for the overhead ratio (default 5)")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds for the overhead ratio (default 15)")
     parser.add_argument("--dtype", default="float32", help="dtype under test (default float32)")
     parser.add_argument("--throughput-examples", type=int, default=8, help="examples per claim for throughput")
     parser.add_argument("--skip-scaling", action="store_true", help="skip the pytest serial vs -n 2 timing")
