@@ -157,6 +157,13 @@ def counterexample_folder(config: pytest.Config) -> Path | None:
     return Path(report).parent / "counterexamples" if report else None
 
 
+def add_report_section(config: pytest.Config, name: str, value: Any) -> None:
+    """Suites add a top-level section of report.json (plain JSON data, e.g. `divergences`), in the controller."""
+    plugin = config.stash.get(_PLUGIN_KEY, None)
+    if plugin is not None:
+        plugin.sections[name] = value
+
+
 def record_environment(config: pytest.Config, framework: str, info: dict[str, Any]) -> None:
     """Suites call this once per framework they used: devices and numeric modes in force."""
     plugin = config.stash.get(_PLUGIN_KEY, None)
@@ -185,6 +192,7 @@ class ConformancePlugin:
         self.interrupted = False
         self.is_worker = hasattr(config, "workerinput")
         self.signals = SignalGuard()
+        self.sections: dict[str, Any] = {}  # extra top-level sections of the report (add_report_section)
 
     def add_environment(self, framework: str, info: dict[str, Any]) -> None:
         self.environment["devices"][framework] = info.get("devices", [])
@@ -238,6 +246,7 @@ class ConformancePlugin:
             "claims": _claims(results),
             "summary": summarize(results),
             "results": results,
+            **self.sections,
         }
 
     @pytest.hookimpl(trylast=True)
