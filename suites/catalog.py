@@ -19,7 +19,11 @@ from adapters import FRAMEWORKS, class_name
 from adapters import reference
 from adapters.spec import DTYPES, LayerSpec, Weights
 from suites.bounds import error_bound
-from suites.strategies import Dims, conv_dims, dense_dims, fixed, sequence_dims
+from suites.strategies import STYLES, Dims, conv_dims, dense_dims, fixed, sequence_dims
+
+# every check a row may ask for: the `check` of a test function in suites/ (tests/test_catalog_names.py keeps
+# the two in step)
+CHECKS = ("forward", "gradient", "params", "init", "depth", "batch", "speed")
 
 
 def _same(a: Any, dims: Dims) -> Any:
@@ -55,7 +59,7 @@ class Claim:
     dtypes: tuple[str, ...] = DTYPES
     dtype_note: str = ""  # why a dtype is left out, shown as the skip reason
     data_styles: tuple[str, ...] | None = None  # None: all; differ rows need generic (continuous) data
-    checks: tuple[str, ...] = ("forward", "gradient", "params", "init", "depth", "batch", "speed")
+    checks: tuple[str, ...] = CHECKS
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -368,6 +372,9 @@ def _validate(claim: Claim) -> None:
         raise CatalogError(f"claim {claim.id}: unknown frameworks {sorted(unknown)}; known: {FRAMEWORKS}")
     if not set(claim.dtypes) <= set(DTYPES):
         raise CatalogError(f"claim {claim.id}: unknown dtypes {sorted(set(claim.dtypes) - set(DTYPES))}")
+    _check_names(claim.id, "checks", claim.checks, CHECKS)
+    if claim.data_styles is not None:
+        _check_names(claim.id, "data_styles", claim.data_styles, STYLES)
     labels = [v.label(claim.example) for v in claim.variants]
     if len(set(labels)) != len(labels):
         raise CatalogError(f"claim {claim.id}: two variants share the label {labels}; set `how` to tell them apart")
@@ -388,6 +395,20 @@ def _validate(claim: Claim) -> None:
                                f"the mapping is wrong or the claim is not an equality")
         if claim.relation == "differ" and apart < 1e-3:
             raise CatalogError(f"claim {claim.id}: {label} agrees with {labels[0]} on generic data; not a differ row")
+
+
+def _check_names(claim_id: str, field_name: str, names: Any, known: tuple[str, ...]) -> None:
+    """A row's `checks` or `data_styles`: a non-empty tuple of known names, else CatalogError naming the bad one."""
+    if isinstance(names, str) or not isinstance(names, (tuple, list)):
+        raise CatalogError(f"claim {claim_id}: `{field_name}` must be a tuple of names, not {names!r}; "
+                           f"write {field_name}=({names!r},) for one name (known: {', '.join(known)})")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise CatalogError(f"claim {claim_id}: unknown {field_name} {', '.join(map(repr, unknown))}; "
+                           f"known {field_name}: {', '.join(known)}")
+    if not names:
+        raise CatalogError(f"claim {claim_id}: empty `{field_name}` runs nothing; name at least one of "
+                           f"{', '.join(known)}" + (" (or None for all)" if field_name == "data_styles" else ""))
 
 
 class Reference(NamedTuple):
