@@ -2,14 +2,42 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib.metadata
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from .spec import DTYPES, LayerSpec, SpecError, Weights, check_weights, numpy_dtype
 
 DEVICES = ("cpu", "gpu")
+
+# Called before every framework call (build, forward, vjp) with (stage, framework, variant, spec, arrays):
+# the suites' flight recorder (reports/flight.py) keeps it on disk, so a call that kills its process
+# can still be named and reproduced. None: nothing observes (the default).
+CallObserver = Callable[[str, str, str, LayerSpec, Mapping[str, Any]], None]
+_OBSERVER: CallObserver | None = None
+
+
+def set_call_observer(observer: CallObserver | None) -> None:
+    global _OBSERVER
+    _OBSERVER = observer
+
+
+@contextlib.contextmanager
+def calls_unobserved() -> Iterator[None]:
+    """Calls inside are not observed: timing loops, where the observer's file writes would be timed too."""
+    global _OBSERVER
+    saved, _OBSERVER = _OBSERVER, None
+    try:
+        yield
+    finally:
+        _OBSERVER = saved
+
+
+def _observe(stage: str, layer: "Layer", **arrays: Any) -> None:
+    if _OBSERVER is not None:
+        _OBSERVER(stage, layer.adapter.name, layer.name, layer.spec, {**layer.given_weights, **arrays})
 
 
 def package_version(distribution: str) -> str | None:
@@ -30,6 +58,7 @@ class Layer(abc.ABC):
 
     def __init__(self, adapter: "Adapter", spec: LayerSpec, dtype: str, device: str, native: Any):
         self.adapter, self.spec, self.dtype, self.device, self.native = adapter, spec, dtype, device, native
+        self.given_weights: Weights = {}  # the canonical weights it was built with (set by Adapter.build)
 
     @property
     def name(self) -> str:
@@ -39,12 +68,16 @@ class Layer(abc.ABC):
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Output for a canonical (channels-last) input, as a canonical array in the layer's dtype."""
         self.spec.check_input(x.shape)
-        return self._forward(canonical(x, self.dtype))
+        x = canonical(x, self.dtype)
+        _observe("forward", self, x=x)
+        return self._forward(x)
 
     def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
         """Gradients of <cotangent, forward(x)> w.r.t. the input and the weights, canonical layout."""
         self.spec.check_input(x.shape)
-        return self._vjp(canonical(x, self.dtype), canonical(cotangent, self.dtype))
+        x, cotangent = canonical(x, self.dtype), canonical(cotangent, self.dtype)
+        _observe("vjp", self, x=x, cotangent=cotangent)
+        return self._vjp(x, cotangent)
 
     def param_count(self) -> int:
         return sum(int(v.size) for v in self.weights().values())
@@ -119,8 +152,12 @@ class Adapter(abc.ABC):
         reason = self.supports(spec, dtype, device)
         if reason:
             raise SpecError(f"{self.name} cannot build {spec.describe()} in {dtype} on {device}: {reason}")
-        return self._build(spec, {k: canonical(v, dtype) for k, v in weights.items() if v is not None},
-                           dtype, device)
+        given = {k: canonical(v, dtype) for k, v in weights.items() if v is not None}
+        if _OBSERVER is not None:
+            _OBSERVER("build", self.name, f"{self.name}.{self.class_name(spec)}", spec, given)
+        layer = self._build(spec, given, dtype, device)
+        layer.given_weights = given
+        return layer
 
     @abc.abstractmethod
     def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer: ...

@@ -7,6 +7,10 @@ Bad input (unknown options, unusable files, unwritable output) gives one line on
 problem and the fix, and exit status 2. SIGINT/SIGTERM during `run` are passed on to the pytest
 child, which stops in order and writes its report; `run` then writes the merged partial report
 (`"complete": false`) and exits 128 + the signal number (130, 143).
+
+`run` always runs the tests in pytest-xdist worker processes (`-n`, default: one per usable core): a
+framework that crashes or hangs its process costs the one test it was in, which is reported as an
+`error` (reports/flight.py), and a replacement worker goes on with the rest. Exit statuses of `run`:
 """
 from __future__ import annotations
 
@@ -17,12 +21,20 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from reports.schema import ReportError, load_report, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# exit statuses of `conformance run` (README: "Exit statuses"); 128 + N: interrupted by signal N
+EXIT_OK = 0  # every selected test has a verdict; none failed or errored
+EXIT_FAILED = 1  # the report is complete, and a test failed or errored (a crash or a hang included)
+EXIT_USAGE = 2  # bad arguments, an unwritable output folder, or no report could be produced at all
+EXIT_INCOMPLETE = 3  # a report was written but lacks results: a part (Keras backend) or a test produced none
+SUMMARY_LINES = 5  # failures and crashes shown at the end; the rest are in the report files
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 PROFILES = ("dev", "ci", "thorough", "debug")
 
@@ -58,7 +70,8 @@ def _run_parser() -> argparse.ArgumentParser:
                     "`--` go to pytest unchanged.")
     parser.add_argument("--out", default="conformance-out", metavar="DIR", help="output folder (default: %(default)s)")
     parser.add_argument("--profile", choices=PROFILES, default=None,
-                        help="hypothesis profile (default: ci when $CI is set, else dev)")
+                        help="hypothesis profile (default: $CONFORMANCE_PROFILE, else ci: 50 derandomized "
+                             "examples per test, the same every run)")
     parser.add_argument("--frameworks", type=_csv, default=None, metavar="LIST",
                         help="frameworks to run: torch,keras,flax.linen,flax.nnx (default: all)")
     parser.add_argument("--dtypes", type=_csv, default=None, metavar="LIST",
@@ -70,7 +83,13 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the speed check (timings of every variant; sets CONFORMANCE_SPEED=0)")
     parser.add_argument("-n", "--workers", default=None, metavar="N",
-                        help="pytest-xdist workers per run (e.g. 2 or auto; default: serial)")
+                        help="pytest-xdist worker processes per run (a positive number or auto; default: one "
+                             "per usable core). Tests always run in workers, so a crash costs only its test")
+    parser.add_argument("--timeout", default=None, metavar="SECONDS",
+                        help="per-test limit: a test still running after it is reported as an error (hung) "
+                             "and the run goes on; 0 or off: none (default: $CONFORMANCE_TIMEOUT, else 900)")
+    parser.add_argument("--table", action="store_true",
+                        help="print the full per-claim result table at the end (it is always in the reports)")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
     return parser
 
@@ -111,10 +130,25 @@ def _pytest_command(args: argparse.Namespace, shard: Path, backend: str | None, 
         cmd += ["--conformance-frameworks", ",".join(frameworks)]
     if not first:  # later backends only re-run the claims that involve Keras
         cmd += ["--conformance-require", "keras"]
-    if args.workers:
-        cmd += ["-n", str(args.workers)]
+    cmd += ["-n", str(args.workers or default_workers()),
+            "--conformance-progress", str(progress_path(shard))]
+    if args.timeout is not None:
+        cmd += ["--conformance-timeout", args.timeout]
     extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
     return cmd + extra
+
+
+def default_workers() -> int:
+    """One xdist worker per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def progress_path(shard: Path) -> Path:
+    return shard.parent / f"{shard.stem}.progress.jsonl"
+
+
+def log_path(shard: Path) -> Path:
+    return shard.parent / f"{shard.stem}.pytest.log"
 
 
 def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -133,6 +167,13 @@ def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.workers is not None and args.workers not in ("auto", "logical") \
             and not (args.workers.isdigit() and int(args.workers) > 0):
         parser.error(f"-n/--workers: {args.workers!r} is not a number of workers; give a positive integer or auto")
+    if args.timeout is not None:
+        from reports.flight import parse_timeout
+
+        try:
+            parse_timeout(args.timeout)
+        except ValueError as error:
+            parser.error(f"--timeout: {error}")
 
 
 def _check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
@@ -222,56 +263,149 @@ def run(argv: list[str]) -> int:
                        f"choose from {', '.join(KERAS_BACKENDS)}\n")
     if args.frameworks is not None and "keras" not in args.frameworks:
         backends = backends[:1]  # no Keras variant selected: one run covers everything
+    if not args.profile and not os.environ.get("CONFORMANCE_PROFILE"):
+        args.profile = "ci"  # the conformance job: derandomized, the same examples every run
+    from reports.progress import Progress
+
+    progress = Progress()
+    started = time.monotonic()
     with _Forwarder() as signals:
         shards: list[tuple[str, Path]] = []
+        problems: list[str] = []  # why the report is incomplete
         codes: list[int] = []
         for index, backend in enumerate(backends):
             if signals.received is not None:
-                break
-            shard = out / "shards" / f"report-keras-{backend or 'none'}.json"
-            shard.unlink(missing_ok=True)
-            print(f"conformance run: suites with KERAS_BACKEND={backend or '(keras not installed)'}", flush=True)
-            code = signals.call(_pytest_command(args, shard, backend, index == 0),
-                                env=_child_environment(backend, args.no_speed), cwd=str(ROOT))
+                problems.append(f"keras-{backend or 'none'}: not run (interrupted)")
+                continue
+            name = f"keras-{backend or 'none'}"
+            shard = out / "shards" / f"report-{name}.json"
+            for stale in (shard, progress_path(shard), log_path(shard)):
+                stale.unlink(missing_ok=True)
+            shard.parent.mkdir(parents=True, exist_ok=True)
+            title = f"KERAS_BACKEND={backend}" if backend else "keras not installed"
+            with open(log_path(shard), "w", encoding="utf-8") as log, progress.follow(title, progress_path(shard)):
+                code = signals.call(_pytest_command(args, shard, backend, index == 0),
+                                    env=_child_environment(backend, args.no_speed), cwd=str(ROOT),
+                                    stdout=log, stderr=subprocess.STDOUT)
             codes.append(code)
             if shard.is_file():
-                shards.append((f"keras-{backend or 'none'}", shard))
+                shards.append((name, shard))
+                if code not in (0, 1, 5) and signals.received is None:
+                    problems.append(f"{name}: pytest exited with {_describe_code(code)}; see {log_path(shard)}")
             else:
-                print(f"conformance run: the run for backend {backend} wrote no report (pytest exit code {code})",
-                      file=sys.stderr)
+                problems.append(f"{name}: wrote no report (pytest {_describe_code(code)}); see {log_path(shard)}")
+                print(f"{parser.prog}: the run for {title} wrote no report (pytest {_describe_code(code)}); "
+                      f"last lines of {log_path(shard)}:\n{_tail(log_path(shard))}", file=sys.stderr)
         interrupted = signals.received
         if not shards:
             if interrupted is not None:
                 print(f"{parser.prog}: interrupted by {signal.Signals(interrupted).name} before any run wrote a "
                       f"report; nothing was written", file=sys.stderr)
                 return 128 + interrupted
-            print(f"{parser.prog}: error: no run produced a report; see the pytest output above", file=sys.stderr)
-            return 2
+            print(f"{parser.prog}: error: no run produced a report; " + "; ".join(problems), file=sys.stderr)
+            return EXIT_USAGE
         report = _merge(shards)
-        if interrupted is not None or len(shards) < len(backends):
-            report["complete"] = False  # a backend not run, or one that wrote nothing, is missing results
+        _mark_incomplete(report, problems, interrupted)
         _write_outputs(report, out)
-    from reports.table import format_table
+    if args.table:
+        from reports.table import format_table
 
-    print(format_table(report["results"]))
-    summary = ", ".join(f"{v} {k}" for k, v in report["summary"].items())
-    print(f"\nconformance run: {summary}; complete={report['complete']}; wrote {out / 'report.json'}")
+        print(format_table(report["results"]))
+    print(run_summary(report, out, time.monotonic() - started))
+    return run_exit_code(report, interrupted)
+
+
+def _describe_code(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "  (no log)"
+    return "\n".join(f"  {line}" for line in text[-lines:])
+
+
+def _mark_incomplete(report: dict, problems: list[str], interrupted: int | None) -> None:
+    """The merged report is complete only if every part ran, wrote its report and lost no test."""
+    reasons = list(problems)
     if interrupted is not None:
-        print(f"{parser.prog}: interrupted by {signal.Signals(interrupted).name}; the report holds the results "
-              f"finished before it (complete: false)", file=sys.stderr)
+        reasons.insert(0, f"interrupted by {signal.Signals(interrupted).name}")
+    section = report.get("incomplete") or {}
+    if section.get("reason"):
+        reasons.append(section["reason"])
+    if reasons or not report.get("complete", True):
+        report["complete"] = False
+        report["incomplete"] = {**section, "reason": "; ".join(reasons) or "a part of the run was incomplete"}
+
+
+def run_exit_code(report: dict, interrupted: int | None) -> int:
+    """EXIT_* above: interrupted beats incomplete, incomplete beats failed."""
+    if interrupted is not None:
         return 128 + interrupted
-    if report["summary"].get("failed") or report["summary"].get("error"):
-        return 1
-    return 0 if all(code in (0, 5) for code in codes) else max(codes)
+    if not report.get("complete"):
+        return EXIT_INCOMPLETE
+    if not report.get("results"):
+        return EXIT_USAGE  # nothing matched the selection: no verdict at all
+    summary = report.get("summary", {})
+    return EXIT_FAILED if summary.get("failed") or summary.get("error") else EXIT_OK
+
+
+def _first_line(text: Any, width: int = 300) -> str:
+    line = str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def run_summary(report: dict, out: Path, seconds: float) -> str:
+    """What a person reads at the end: counts, the first failures and crashes, what is missing, where it all is."""
+    summary = report.get("summary", {})
+    counts = ", ".join(f"{n} {status}" for status, n in summary.items() if n)
+    minutes, secs = divmod(int(seconds), 60)
+    lines = [f"\nconformance run: {counts or 'no results'} in {minutes}:{secs:02d}"
+             f"{'' if report.get('complete') else '; INCOMPLETE'}"]
+    bad = [r for r in report.get("results", []) if r.get("status") in ("error", "failed")]
+    bad.sort(key=lambda r: r.get("status") != "error")  # crashes first
+    if bad:
+        lines.append(f"failures and crashes (the first {min(len(bad), SUMMARY_LINES)} of {len(bad)}):")
+    for row in bad[:SUMMARY_LINES]:
+        backend = f" [keras {row['keras_backend']}]" if row.get("keras_backend") else ""
+        lines.append(f"  {row['status'].upper()} {row.get('nodeid')}{backend}")
+        lines.append(f"    {_first_line(row.get('reason'))}")
+        command = (row.get("counterexample") or {}).get("command")
+        if command:
+            lines.append(f"    reproduce: {command}")
+    incomplete = report.get("incomplete")
+    if incomplete:
+        missing = incomplete.get("missing") or []
+        lines.append(f"incomplete: {incomplete.get('reason')}"
+                     + (f" ({len(missing)} test(s) without a result, listed in report.json)" if missing else ""))
+    lines.append(f"reports: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.html'} "
+                 f"(pytest logs: {out / 'shards'}); the full table: --table or report.md")
+    return "\n".join(lines)
 
 
 def _merge(shards: list[tuple[str, Path]]) -> dict:
+    """One report from the parts; a part's own incompleteness (tests without a result) is kept, named."""
     from reports.merge import merge_reports
 
     loaded = [(name, load_report(path)) for name, path in shards]
-    if len(loaded) == 1:
-        return loaded[0][1]
-    return merge_reports(loaded)
+    report = loaded[0][1] if len(loaded) == 1 else merge_reports(loaded)
+    reasons, missing = [], []
+    for name, part in loaded:
+        section = part.get("incomplete") or {}
+        if not part.get("complete", False):
+            reasons.append(f"{name}: {section.get('reason') or 'incomplete'}")
+        missing += [f"{name}: {nodeid}" for nodeid in section.get("missing", [])]
+    if reasons:
+        report["complete"] = False
+        report["incomplete"] = {"reason": "; ".join(reasons), "missing": missing}
+    return report
 
 
 def _write_outputs(report: dict, out: Path) -> None:

@@ -11,7 +11,10 @@ interruption (see `SignalGuard`).
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
+import shutil
+import tempfile
 import platform
 import signal
 import threading
@@ -21,6 +24,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from reports import flight
+from reports.flight import DEFAULT_TIMEOUT_S
 from reports.schema import SCHEMA, summarize, write_json_atomic
 from reports.table import format_table
 
@@ -38,9 +43,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "counterexamples/ next to the report, none without a report")
     group.addoption("--conformance-table", action="store_true", default=False,
                     help="print the per-claim result table at the end of the run")
+    group.addoption("--conformance-timeout", metavar="SECONDS", default=None,
+                    help="per-test limit under pytest-xdist: a test still running after it is reported as an "
+                         "error (hung) and the run goes on; 0 or off: no limit (default: $CONFORMANCE_TIMEOUT, "
+                         f"else {DEFAULT_TIMEOUT_S:g})")
+    group.addoption("--conformance-progress", metavar="PATH", default=None,
+                    help="append one JSON line per finished test (and the total once collected) to PATH")
+
+
+MAX_WORKER_RESTARTS = 10_000  # a crashing test costs one worker, never the rest of the run
+
+
+def timeout_seconds(config: pytest.Config) -> float | None:
+    try:
+        return flight.parse_timeout(config.getoption("--conformance-timeout"))
+    except ValueError as error:
+        raise pytest.UsageError(f"--conformance-timeout / ${flight.TIMEOUT_ENV}: {error}") from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    timeout_seconds(config)  # a bad value is a usage error before anything runs
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "maxworkerrestart", 0) is None:
+        config.option.maxworkerrestart = str(MAX_WORKER_RESTARTS)  # read by xdist's DSession (configured last)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and workerinput.get("conformance_flight"):
+        flight.start(workerinput["conformance_flight"], timeout_seconds(config))
     plugin = ConformancePlugin(config)
     config.stash[_PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "conformance-report")
@@ -55,6 +82,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     plugin = config.stash.get(_PLUGIN_KEY, None)
     if plugin is not None:
         plugin.signals.restore()
+        plugin.close()
+    recorder = flight.recorder()
+    if recorder is not None:
+        recorder.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """In a worker with a flight recorder: the test is noted (and the hang watchdog armed) while it runs."""
+    recorder = flight.recorder()
+    if recorder is not None:
+        recorder.begin(item.nodeid)
+    try:
+        yield
+    finally:
+        if recorder is not None:
+            recorder.end()
 
 
 class SignalGuard:
@@ -193,6 +237,53 @@ class ConformancePlugin:
         self.is_worker = hasattr(config, "workerinput")
         self.signals = SignalGuard()
         self.sections: dict[str, Any] = {}  # extra top-level sections of the report (add_report_section)
+        self.expected: set[str] = set()  # every selected test (collection), to tell what produced no result
+        self.finished: dict[str, str] = {}  # nodeid -> worst status of its reports so far
+        self.crashed: list[str] = []
+        self.flight_dir: Path | None = None
+        self.progress = open(config.getoption("--conformance-progress"), "a", encoding="utf-8") \
+            if config.getoption("--conformance-progress") and not self.is_worker else None  # noqa: SIM115
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+        if self.flight_dir is not None:
+            shutil.rmtree(self.flight_dir, ignore_errors=True)
+
+    def flight_folder(self) -> Path:
+        """The controller's folder for its workers' flight records (made on first use, removed at the end)."""
+        if self.flight_dir is None:
+            self.flight_dir = Path(tempfile.mkdtemp(prefix="conformance-flight-"))
+        return self.flight_dir
+
+    def _progress(self, **event: Any) -> None:
+        if self.progress is not None:
+            self.progress.write(json.dumps(event) + "\n")
+            self.progress.flush()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not self.is_worker and not self.expected:
+            self.note_collected([item.nodeid for item in session.items])
+
+    def note_collected(self, nodeids: list[str]) -> None:
+        if not self.expected:
+            self.expected = set(nodeids)
+            self._progress(total=len(self.expected))
+
+    def _note_finished(self, report: pytest.TestReport, status: str) -> None:
+        """Progress: a test is done after its teardown, or when its process died (xdist's `???` report)."""
+        old = self.finished.get(report.nodeid)
+        if old is None or _SEVERITY.get(status, 0) > _SEVERITY.get(old, 0):
+            self.finished[report.nodeid] = status
+        if report.when in ("teardown", "???"):
+            counts = summarize([{"status": s} for s in self.finished.values()])
+            self._progress(done=len(self.finished), total=len(self.expected) or None, nodeid=report.nodeid,
+                           status=self.finished[report.nodeid], failed=counts["failed"], error=counts["error"])
+
+    def missing(self) -> list[str]:
+        """Selected tests that produced no result at all (a worker lost, the run stopped)."""
+        return sorted(self.expected - set(self.finished))
 
     def add_environment(self, framework: str, info: dict[str, Any]) -> None:
         self.environment["devices"][framework] = info.get("devices", [])
@@ -211,6 +302,9 @@ class ConformancePlugin:
             record["reason"] = _first_lines(call.excinfo.exconly())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self.is_worker:
+            self._note_finished(report, _status(report) if report.when != "teardown" or report.failed
+                                else self.finished.get(report.nodeid, "passed"))
         record = _record_of(report.user_properties)
         if record is None:
             return
@@ -235,11 +329,14 @@ class ConformancePlugin:
         self.interrupted = True
 
     # ---- writing -------------------------------------------------------------------------------
-    def report(self, complete: bool) -> dict[str, Any]:
+    def report(self, complete: bool, incomplete: str | None = None) -> dict[str, Any]:
         results = [_ordered(row) for row in self.results.values()]
+        missing = self.missing()
         return {
             "schema": SCHEMA,
-            "complete": complete,
+            "complete": complete and not missing,
+            **({"incomplete": {"reason": incomplete or f"{len(missing)} selected test(s) produced no result",
+                               "missing": missing}} if incomplete or missing else {}),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["pytest", *self.config.invocation_params.args]),
             "environment": self.environment,
@@ -253,21 +350,21 @@ class ConformancePlugin:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker or not self.path:
             return
-        self.write(self.incomplete_because(exitstatus) is None)
+        self.write(self.incomplete_because(exitstatus))
 
     def incomplete_because(self, exitstatus: int) -> str | None:
         if self.signals.received is not None:
-            return signal.Signals(self.signals.received).name
+            return f"interrupted by {signal.Signals(self.signals.received).name}"
         if self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED:
-            return "interruption"
+            return "interrupted"
         if exitstatus == pytest.ExitCode.INTERNAL_ERROR:
             return "internal error"
         return None
 
-    def write(self, complete: bool) -> None:
+    def write(self, incomplete: str | None) -> None:
         self.signals.writing = True  # a signal now must not cut the write short
         try:
-            write_json_atomic(self.path, self.report(complete))
+            write_json_atomic(self.path, self.report(incomplete is None, incomplete))
         finally:
             self.signals.writing = False
 
@@ -296,13 +393,31 @@ class _EarlyReport:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.plugin.path and self.plugin.incomplete_because(exitstatus) is not None:
-            self.plugin.write(complete=False)
+        reason = self.plugin.incomplete_because(exitstatus)
+        if self.plugin.path and reason is not None:
+            self.plugin.write(reason)
 
 
 class _XdistHooks:
+    """The controller's side of worker isolation: flight records, crashed workers, collection totals."""
+
     def __init__(self, plugin: ConformancePlugin):
         self.plugin = plugin
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["conformance_flight"] = str(self.plugin.flight_folder())
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.plugin.note_collected(list(ids))
+
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        """A worker died in `crashitem`: the test becomes an `error` row naming the cause and the call."""
+        plugin = self.plugin
+        row = flight.describe_crash(plugin.flight_folder(), crashitem, _exit_status(getattr(report, "node", None)),
+                                    timeout_seconds(plugin.config), counterexample_folder(plugin.config))
+        plugin.crashed.append(crashitem)
+        report.longrepr = row["reason"]
+        report.user_properties = [*getattr(report, "user_properties", []), (RECORD, row)]
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """xdist controller: take the environment facts a worker gathered."""
@@ -310,6 +425,19 @@ class _XdistHooks:
         if env:
             self.plugin.take_worker_environment(env)
 
+
+def _exit_status(node: Any) -> int | None:
+    """A crashed xdist worker's exit status (negative: the signal), where execnet exposes its process."""
+    popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
+    if popen is None:
+        return None
+    try:
+        return popen.wait(timeout=5)
+    except Exception:  # still running, or not a subprocess.Popen: the flight record tells the cause
+        return None
+
+
+_SEVERITY = {"error": 5, "failed": 4, "passed": 2, "measured": 2, "xfailed": 1, "skipped": 1}
 
 _ORDER = ("nodeid", "claim", "title", "relation", "check", "variants", "skipped_variants", "keras_backend", "dtype",
           "device", "status", "examples", "max_abs_error", "max_bound_ratio", "reason")

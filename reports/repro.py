@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 import textwrap
 from typing import Any
 
@@ -174,8 +175,12 @@ def _check_version(saved: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from reports.flight import crash_meta, repro_crash
     from suites.counterexamples import CounterexampleError, load_counterexample
 
+    crash = crash_meta(args.path)
+    if crash is not None:  # a call that killed its process: re-run it in a child process
+        return repro_crash(Path(args.path), crash)
     try:
         saved = load_counterexample(args.path)
         _check_version(saved)

@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from reports import flight
 from reports.plugin import counterexample_folder, record_environment
 from suites.catalog import CLAIMS
 from suites.harness import Case, ClaimRunner, freeze_imports
@@ -121,6 +122,9 @@ def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -
                          counterexamples=counterexample_folder(request.config),
                          geometries=configured_pool_size(request.config.getoption("--conformance-geometries")))
     freeze_imports()  # the row's frameworks are imported now (the runner asked each whether it runs)
+    recorder = flight.recorder()
+    if recorder is not None:  # an xdist worker: a crash from here on is reported with this row's facts
+        recorder.describe(conformance_record)
     yield runner
     for framework in runner.frameworks_used():
         if framework not in _RECORDED:

@@ -1,0 +1,339 @@
+"""Flight recorder: what a test process was doing when it died, kept on disk before every framework call.
+
+A framework that kills its process (a segfault, an abort, the OOM killer) or hangs takes the Python
+state with it, so the pytest-xdist worker cannot report anything. Each worker therefore writes, before
+every framework call (adapters' `build`, `forward`, `vjp`, observed through
+`adapters.base.set_call_observer`), one small record of the test and of the call: which test, claim,
+dtype and device, which framework and layer, the geometry, and the arrays the layer was given. The
+controller reads it when xdist reports the worker crashed (`describe_crash`) and turns it into an
+`error` row with a saved counterexample and a command that reproduces the crash (`save_crash`).
+
+Per worker process the folder `<run folder>/<pid>/` holds
+
+* ``test.json``: the test that is running and its report row as known at its start;
+* ``call.json`` and ``call.npy``: the framework call about to run, and its arrays (``np.save`` of
+  x, kernel, bias, cotangent in turn, empty arrays where there is none);
+* ``fault.txt``: Python's faulthandler output: "Fatal Python error: Segmentation fault" with the
+  stack for a fatal signal, or "Timeout (0:10:00)!" when the per-test limit was reached (the
+  watchdog then ends the process, which xdist reports as a crash like any other).
+
+This module imports no framework; NumPy only.
+"""
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, IO
+
+import numpy as np
+
+FOLDER_ENV = "CONFORMANCE_FLIGHT_DIR"
+TIMEOUT_ENV = "CONFORMANCE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 900.0  # per test: a ci test takes seconds to a minute; only a hang reaches this
+ARRAYS = ("x", "kernel", "bias", "cotangent")
+CRASH_SCHEMA = "layer-conformance/crash/v1"
+
+# faulthandler's first line for each fatal signal it catches
+_FATAL = {"Segmentation fault": "SIGSEGV", "Aborted": "SIGABRT", "Bus error": "SIGBUS",
+          "Floating-point exception": "SIGFPE", "Floating point exception": "SIGFPE",
+          "Illegal instruction": "SIGILL"}
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+class Recorder:
+    """The worker side: one per process; every method is cheap (a few small file writes)."""
+
+    def __init__(self, folder: Path, timeout_s: float | None):
+        self.folder = folder / str(os.getpid())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.timeout_s = timeout_s
+        self.test: dict[str, Any] = {}
+        self.fault: IO[str] = open(self.folder / "fault.txt", "w", encoding="utf-8")  # noqa: SIM115 (kept open)
+        faulthandler.enable(file=self.fault, all_threads=True)
+
+    def begin(self, nodeid: str) -> None:
+        """A test starts: note it, clear the last call, arm the hang watchdog."""
+        self.test = {"nodeid": nodeid, "started": time.time()}
+        _write(self.folder / "test.json", json.dumps(self.test))
+        (self.folder / "call.json").unlink(missing_ok=True)
+        faulthandler.enable(file=self.fault, all_threads=True)  # again: pytest's own faulthandler may have taken it
+        if self.timeout_s:
+            faulthandler.dump_traceback_later(self.timeout_s, exit=True, file=self.fault)
+
+    def describe(self, row: dict[str, Any]) -> None:
+        """The test's report row as known before its first example (claim, dtype, device, variants)."""
+        keep = ("claim", "title", "relation", "source", "check", "variants", "dtype", "device", "keras_backend",
+                "numerics", "geometry_pool")
+        self.test = {**self.test, "row": {k: row[k] for k in keep if k in row}}
+        _write(self.folder / "test.json", json.dumps(self.test, default=str))
+
+    def end(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        self.test = {}
+
+    def call(self, stage: str, framework: str, variant: str, spec: Any, arrays: dict[str, Any]) -> None:
+        """Before a framework call: what is called, on which arrays (on disk before the call runs)."""
+        if not self.test:
+            return  # outside a test (collection, other plugins' fixtures): nothing to attribute it to
+        from suites.counterexamples import spec_to_json
+
+        with open(self.folder / "call.npy", "wb") as handle:
+            for name in ARRAYS:
+                value = arrays.get(name)
+                np.save(handle, np.empty(0) if value is None else np.asarray(value, dtype=np.float64),
+                        allow_pickle=False)
+        x = arrays.get("x")
+        _write(self.folder / "call.json", json.dumps({
+            "stage": stage, "framework": framework, "variant": variant, "layer": spec.describe(),
+            "spec": spec_to_json(spec), "input_shape": None if x is None else list(np.shape(x)), "at": time.time()}))
+
+    def close(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        self.fault.close()
+
+
+_RECORDER: Recorder | None = None
+
+
+def start(folder: str | os.PathLike[str], timeout_s: float | None) -> Recorder:
+    """Start recording in this process (an xdist worker) and observe every adapter call."""
+    global _RECORDER
+    from adapters.base import set_call_observer
+
+    _RECORDER = Recorder(Path(folder), timeout_s)
+    set_call_observer(_RECORDER.call)
+    return _RECORDER
+
+
+def recorder() -> Recorder | None:
+    return _RECORDER
+
+
+def parse_timeout(value: str | None) -> float | None:
+    """Seconds per test from the option or $CONFORMANCE_TIMEOUT; 0 or `off` disables the limit."""
+    text = (value if value is not None else os.environ.get(TIMEOUT_ENV, "")).strip().lower()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    if text in ("0", "off", "none"):
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{value!r} is not a number of seconds; give a positive number, or 0/off for no limit")
+    return seconds
+
+
+# ---- the controller side ---------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def find(folder: Path, nodeid: str) -> Path | None:
+    """The worker folder whose running test was `nodeid` (the newest, if a test ran twice)."""
+    found = [p.parent for p in folder.glob("*/test.json") if _read_json(p).get("nodeid") == nodeid]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def cause(fault_text: str, returncode: int | None, timeout_s: float | None) -> tuple[str, str]:
+    """(short name, sentence) of what ended the process: a fatal signal, the hang watchdog, or a kill."""
+    if re.search(r"^Timeout \(", fault_text, re.M):
+        return "hang", f"hung: no result after the per-test limit of {timeout_s or '?'} s (--conformance-timeout)"
+    match = re.search(r"Fatal Python error: ([A-Za-z -]+)", fault_text)
+    if match and match.group(1).strip() in _FATAL:
+        name = _FATAL[match.group(1).strip()]
+        return name, f"the process died with {name} ({match.group(1).strip()})"
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        extra = " (SIGKILL: the kernel's OOM killer, or someone, killed it)" if name == "SIGKILL" else ""
+        return name, f"the process died with {name}{extra}"
+    code = "unknown" if returncode is None else str(returncode)
+    return "died", (f"the process died without a Python error (exit status {code}; a SIGKILL, e.g. from the "
+                    f"kernel's OOM killer, looks like this)")
+
+
+def _stack_excerpt(fault_text: str, lines: int = 6) -> str:
+    """The innermost frames of the crashing thread from faulthandler's dump."""
+    chunks = fault_text.split("\n\n")
+    block = next((c for c in chunks if "Current thread" in c), next((c for c in chunks if "File " in c), ""))
+    frames = [line.strip() for line in block.splitlines() if line.strip().startswith("File ")]
+    return "; ".join(frames[:lines])
+
+
+def describe_crash(folder: Path, nodeid: str, returncode: int | None, timeout_s: float | None,
+                   counterexamples: Path | None) -> dict[str, Any]:
+    """The report row of a test whose process died: status error, the cause, the call, a counterexample."""
+    worker = find(folder, nodeid)
+    test = _read_json(worker / "test.json") if worker else {}
+    call = _read_json(worker / "call.json") if worker else {}
+    fault_text = (worker / "fault.txt").read_text(encoding="utf-8", errors="replace") if worker else ""
+    short, sentence = cause(fault_text, returncode, timeout_s)
+    row: dict[str, Any] = {"claim": nodeid.rsplit("::", 1)[-1], **test.get("row", {}), "nodeid": nodeid,
+                           "examples": None, "max_abs_error": None, "max_bound_ratio": None}
+    crash: dict[str, Any] = {"cause": short, "signal": short if short.startswith("SIG") else None}
+    where = "before any framework call was recorded"
+    if call:
+        where = (f"in {call['variant']} {call['stage']} ({call['framework']}), layer {call['layer']}, "
+                 f"input shape {tuple(call['input_shape']) if call.get('input_shape') else '?'}")
+        crash.update({k: call.get(k) for k in ("framework", "variant", "stage", "layer", "input_shape", "spec")})
+    context = f"[{row.get('dtype', '?')}, {row.get('device', '?')}]"
+    reason = f"{sentence} {where}; claim {row.get('claim')} {context}, test {nodeid}"
+    stack = _stack_excerpt(fault_text)
+    if stack:
+        crash["stack"] = stack
+    if call and counterexamples is not None and worker is not None:
+        try:
+            saved = save_crash(counterexamples, worker, test, call, row, reason, timeout_s)
+        except (OSError, ValueError) as exc:  # never lose the row for want of its files
+            reason += f" (the counterexample could not be saved: {exc})"
+        else:
+            row["counterexample"] = saved
+            reason += f"\n  reproduce: {saved['command']}"
+    row.update({"status": "error", "reason": reason, "crash": crash})
+    return row
+
+
+# ---- crash counterexamples -------------------------------------------------------------------------------
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    with open(path, "rb") as handle:
+        for name in ARRAYS:
+            value = np.load(handle, allow_pickle=False)
+            if value.size or name == "x":
+                arrays[name] = value
+    return arrays
+
+
+def save_crash(folder: Path, worker: Path, test: dict[str, Any], call: dict[str, Any], row: dict[str, Any],
+               reason: str, timeout_s: float | None) -> dict[str, Any]:
+    """`<stem>.crash.npz` (the call's arrays and its description) and `<stem>.crash.py`, which makes the
+    call once in a fresh process: its exit status is the crash's, so `conformance repro` can tell."""
+    from suites.counterexamples import counterexample_stem
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = counterexample_stem(row["nodeid"], row.get("keras_backend")) + ".crash"
+    arrays = _load_arrays(worker / "call.npy")
+    meta = {"schema": CRASH_SCHEMA, "nodeid": row["nodeid"], "claim": row.get("claim"), "dtype": row.get("dtype"),
+            "device": row.get("device"), "keras_backend": row.get("keras_backend"), "message": reason,
+            "timeout_s": timeout_s, "call": call}
+    npz = folder / f"{stem}.npz"
+    np.savez(npz, meta=np.array(json.dumps(meta, default=str)), **arrays)
+    script = folder / f"{stem}.py"
+    script.write_text(crash_script(meta, npz.name), encoding="utf-8")
+    script.chmod(0o755)
+    base = folder.resolve().parent
+    return {"npz": npz.resolve().relative_to(base).as_posix(), "script": script.resolve().relative_to(base).as_posix(),
+            "scripts": [script.resolve().relative_to(base).as_posix()],
+            "command": f"conformance repro {shlex.quote(str(npz))}"}
+
+
+_SCRIPT = '''#!/usr/bin/env python3
+"""Reproduce a framework crash seen by layer-conformance: one layer call, in this process.
+
+{comment}
+The layer is rebuilt with layer-conformance's adapter for {framework} from the saved spec and weights,
+in {dtype} on {device}, and called once ({stage}) on the saved arrays. If the framework still crashes,
+this process dies the same way (its exit status is the signal); exit status 0 means it no longer does.
+
+Usage: python {script} [NPZ]      (NPZ defaults to {npz} next to this script)
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", {backend!r})
+
+
+def main(path):
+    from adapters import get_adapter
+    from suites.counterexamples import spec_from_json
+
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        arrays = {{name: data[name] for name in data.files if name != "meta"}}
+    call = meta["call"]
+    spec = spec_from_json(call["spec"])
+    weights = {{name: arrays[name] for name in ("kernel", "bias") if name in arrays}}
+    adapter = get_adapter(call["framework"])
+    print(f"{{call['variant']}} {{call['stage']}}: {{call['layer']}} in {{meta['dtype']}} on {{meta['device']}}, "
+          f"input {{tuple(arrays['x'].shape)}}", flush=True)
+    layer = adapter.build(spec, weights, meta["dtype"], meta["device"])
+    if call["stage"] == "forward":
+        layer.forward(arrays["x"])
+    elif call["stage"] == "vjp":
+        layer.vjp(arrays["x"], arrays["cotangent"])
+    print("no crash: the call completed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, {npz!r})))
+'''
+
+
+def crash_script(meta: dict[str, Any], npz_name: str) -> str:
+    call = meta["call"]
+    comment = "\n".join(f"# {line}" for line in meta["message"].splitlines())
+    return _SCRIPT.format(comment=comment, framework=call["framework"], dtype=meta["dtype"], device=meta["device"],
+                          stage=call["stage"], script=f"{Path(npz_name).stem}.py", npz=npz_name,
+                          backend=meta.get("keras_backend") or "tensorflow")
+
+
+def crash_meta(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The description of a saved crash, or None when `path` is not one (another reader says why)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+    except (OSError, ValueError, EOFError, KeyError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("schema") == CRASH_SCHEMA else None
+
+
+def repro_crash(npz: Path, meta: dict[str, Any]) -> int:
+    """`conformance repro` of a crash: run its script in a child process; 1 when it crashes (or hangs) again."""
+    script = npz.with_suffix(".py")
+    if not script.is_file():
+        script.write_text(crash_script(meta, npz.name), encoding="utf-8")
+    timeout = meta.get("timeout_s") or DEFAULT_TIMEOUT_S
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    print(f"conformance repro: {meta['message'].splitlines()[0]}")
+    print(f"conformance repro: running {script} in a child process (limit {timeout:g} s)", flush=True)
+    try:
+        code = subprocess.run([sys.executable, str(script), str(npz)], env=env, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        print(f"conformance repro: the crash reproduces: the call hung past {timeout:g} s")
+        return 1
+    if code < 0:
+        print(f"conformance repro: the crash reproduces: the call died with {signal.Signals(-code).name}")
+        return 1
+    if code != 0:
+        print(f"conformance repro: the call failed again (exit status {code}); see its output above")
+        return 1
+    print("conformance repro: the crash no longer reproduces: the call completed")
+    return 0
