@@ -1,42 +1,69 @@
-"""`conformance compare`: what changed between a baseline report.json and a current one.
+"""`conformance compare`: what changed between a baseline report.json and a candidate one.
 
-Used to gate framework upgrades in CI: exit 1 when the current run is worse than the baseline.
+Used to gate framework upgrades in CI: exit 1 when anything got worse, 2 when a report cannot be read.
 
 Rules (kept here so the Markdown and the exit code agree):
 
 * A result is identified across runs by ``result_key``: its nodeid, plus the Keras backend for
   results that involve a Keras variant (one run per backend reuses the same nodeids).
-* Regression (exit 1): a result now ``failed``/``error`` that was not ``failed``/``error`` in the
-  baseline (``skipped -> failed`` included: the break is real, it was only unseen before), and a
-  baseline result that is absent from the current report unless it was skipped there, since a check
-  disappearing can hide a break. A vanished skipped result is listed under skips only.
+* Regression (exit 1), per result:
+  - now ``failed``/``error`` and not ``failed``/``error`` in the baseline (``skipped -> failed``
+    included: the break is real, it was only unseen before);
+  - ``passed`` or ``measured`` in the baseline and ``skipped`` now, unless the skip reason matches an
+    ``--allow-skip`` pattern (a regular expression searched in the reason); an allowed skip is listed;
+  - absent now and not skipped in the baseline, since a check disappearing can hide a break (a
+    vanished skipped result is listed under skips only);
+  - still ``passed``/``measured``, but a variant measured in the baseline row is measured no more
+    (compared by the ``per_variant`` and ``divergences`` labels, or by the ``variants`` names for
+    rows that record no per-variant numbers); allowed like a skip when the variant's skip reason
+    matches an ``--allow-skip`` pattern.
+* Regression (exit 1), per run:
+  - a framework installed and importable in the baseline environment is missing from the
+    candidate's, or is listed in its ``environment.unavailable`` (installed but not importable);
+  - either report is ``complete: false``, unless ``--allow-incomplete``: then results missing from
+    the incomplete side are listed instead of counted as vanished;
+  - a documented divergence is observed in the candidate and was not observed (or not listed) in the
+    baseline, or exceeds its ceiling (``exceeded_ceiling`` true, or a row entry ``within_ceiling``
+    false).
 * Drift (exit 1): ``max_bound_ratio`` grew by more than ``factor``. Baseline ratios below
   ``DRIFT_FLOOR`` (zero included) count as ``DRIFT_FLOOR``: errors far inside the bound move by
   large relative amounts without meaning anything, and a zero baseline would give an infinite
   factor. A result already counted as a regression is not listed again as drift.
 * Listed only: fixed results (``failed``/``error`` -> ``passed``), new results and claims (they come
-  from a newer suite, not from the framework under test), skip changes (a skip carries its reason
-  in the report, so it is visible rather than silent), and other status changes (for example
-  ``failed <-> error`` or ``passed <-> xfailed``).
+  from a newer suite, not from the framework under test), other skip changes (a skip carries its
+  reason in the report, so it is visible rather than silent), other status changes (for example
+  ``failed <-> error`` or ``passed <-> xfailed``), and every documented divergence with its evidence
+  and whether each run observed it.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from reports.schema import ReportError, load_report, require_results, summarize, write_text_atomic
 
 DRIFT_FLOOR = 1e-3
 DEFAULT_FACTOR = 2.0
 
-# Worst first; merge keeps the worse of two conflicting statuses.
-STATUS_SEVERITY = {"error": 4, "failed": 3, "passed": 2, "xfailed": 1, "skipped": 0}
+# Worst first; merge keeps the worse of two conflicting statuses. `measured` is the speed check: a
+# measurement, never a verdict.
+STATUS_SEVERITY = {"error": 5, "failed": 4, "passed": 3, "measured": 2, "xfailed": 1, "skipped": 0}
 BAD_STATUSES = ("failed", "error")
+# A result in one of these measured something; losing the measurement is a regression.
+MEASURED_STATUSES = ("passed", "measured")
+
+# Distributions that provide the same framework: the candidate may install the other one.
+_SAME_FRAMEWORK = {"tensorflow-cpu": "tensorflow", "tensorflow-gpu": "tensorflow", "jax[cpu]": "jax"}
+_NOT_FRAMEWORKS = ("python",)
+_SOME_EXAMPLES = " (some examples)"
 
 _REASON_WIDTH = 200
+_EVIDENCE_WIDTH = 1000
 
 
 def result_key(result: dict[str, Any]) -> tuple[str, str]:
@@ -58,11 +85,21 @@ class VersionChange(NamedTuple):
     new: str | None
 
 
+class Problem(NamedTuple):
+    """A regression of the run as a whole rather than of one result."""
+
+    kind: str  # framework | incomplete | divergence
+    subject: str  # the framework, the report side or the divergence id
+    text: str  # what got worse, and what to do about it
+
+
 @dataclass(frozen=True)
 class Change:
     """One listed difference; ``old_*`` fields are None for new results, ``new_*`` for vanished ones."""
 
-    kind: str  # regression | vanished | drift | fixed | new | new_claim | skip | variant_skip | status
+    # regression | skipped | vanished | variant_dropped | drift | fixed | new | new_claim | skip |
+    # variant_skip | allowed_skip | missing | status
+    kind: str
     nodeid: str
     claim: str
     keras_backend: str = ""
@@ -79,17 +116,53 @@ class Change:
     title: str | None = None  # claims only
 
 
+@dataclass(frozen=True)
+class DivergenceView:
+    """One documented divergence as one report shows it (top-level entry and row entries together)."""
+
+    entry: dict[str, Any]  # the report's top-level entry; {} when only rows mention the id
+    listed: bool
+    observed: bool | None  # None: not exercised in this run
+    over_ceiling: tuple[str, ...]  # where it exceeded its ceiling
+
+
+@dataclass(frozen=True)
+class DivergenceRow:
+    """A divergence in either report, for the listing."""
+
+    id: str
+    entry: dict[str, Any]  # the candidate's entry, or the baseline's when the candidate lacks it
+    baseline: DivergenceView | None
+    current: DivergenceView | None
+
+
+@dataclass(frozen=True)
+class Options:
+    factor: float = DEFAULT_FACTOR
+    allow_skip: tuple[re.Pattern[str], ...] = ()
+    allow_incomplete: bool = False
+
+    def allows(self, reason: str | None) -> bool:
+        return bool(reason) and any(pattern.search(reason) for pattern in self.allow_skip)
+
+
 @dataclass
 class Comparison:
     version_changes: list = field(default_factory=list)
     regressions: list = field(default_factory=list)
+    problems: list = field(default_factory=list)  # Problem: frameworks lost, incomplete reports, divergences
     drift: list = field(default_factory=list)
     new: list = field(default_factory=list)
     fixed: list = field(default_factory=list)
     skips_changed: list = field(default_factory=list)
+    allowed_skips: list = field(default_factory=list)
+    missing: list = field(default_factory=list)  # in one report only, the other being incomplete (allowed)
     status_changes: list = field(default_factory=list)
     versions: list = field(default_factory=list)  # every framework, changed or not
+    divergences: list = field(default_factory=list)  # DivergenceRow, every one in either report
     factor: float = DEFAULT_FACTOR
+    allow_skip: tuple[str, ...] = ()
+    allow_incomplete: bool = False
     baseline_summary: dict = field(default_factory=dict)
     current_summary: dict = field(default_factory=dict)
     baseline_complete: bool = True
@@ -97,7 +170,7 @@ class Comparison:
 
     @property
     def regressed(self) -> bool:
-        return bool(self.regressions or self.drift)
+        return bool(self.regressions or self.drift or self.problems)
 
     @property
     def exit_code(self) -> int:
@@ -107,7 +180,15 @@ class Comparison:
         return _render_markdown(self, baseline_name, current_name)
 
 
-# ----------------------------------------------------------------------------- comparing
+# ----------------------------------------------------------------------------- reading
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _ratio(result: dict[str, Any] | None) -> float | None:
@@ -117,6 +198,10 @@ def _ratio(result: dict[str, Any] | None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _index(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -129,10 +214,49 @@ def _index(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
     return index
 
 
+def _environments(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's environment and, for a merged report, each shard's."""
+    shards = [_as_dict(_as_dict(shard).get("environment")) for shard in _as_list(report.get("shards"))]
+    return [_as_dict(report.get("environment")), *shards]
+
+
+def _framework_versions(report: dict[str, Any]) -> dict[str, str | None]:
+    """Framework (and Python) versions of a report; a merged report whose shards disagree shows them all."""
+    seen: dict[str, list[str]] = {}
+    for environment in _environments(report):
+        named = dict(_as_dict(environment.get("frameworks")))
+        if "python" in environment:
+            named["python"] = environment["python"]
+        for name, version in named.items():
+            bucket = seen.setdefault(str(name), [])
+            if version is not None and str(version) not in bucket:
+                bucket.append(str(version))
+    return {name: " / ".join(sorted(bucket)) or None for name, bucket in seen.items()}
+
+
+def _unavailable(report: dict[str, Any]) -> dict[str, str]:
+    """Frameworks installed but not importable (``environment.unavailable``), by framework name."""
+    found: dict[str, str] = {}
+    for environment in _environments(report):
+        for name, reason in _as_dict(environment.get("unavailable")).items():
+            found.setdefault(_framework_name(str(name)), str(reason or "no reason recorded"))
+    return found
+
+
+def _framework_name(package: str) -> str:
+    return _SAME_FRAMEWORK.get(package.lower(), package.lower())
+
+
+def _variant_skips(result: dict[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _as_dict(result.get("skipped_variants")).items()}
+
+
+# ----------------------------------------------------------------------------- results
+
+
 def _change(kind: str, old: dict | None, new: dict | None, **extra: Any) -> Change:
     ref = new if new is not None else old
     assert ref is not None
-    variants = ref.get("variants") or []
     reason = extra.pop("reason", None)
     if reason is None and new is not None:
         reason = new.get("reason")
@@ -146,7 +270,7 @@ def _change(kind: str, old: dict | None, new: dict | None, **extra: Any) -> Chan
         claim=str(ref.get("claim", "")),
         keras_backend=result_key(ref)[1],
         check=ref.get("check"),
-        variants=tuple(str(v) for v in variants),
+        variants=tuple(str(v) for v in ref.get("variants") or []),
         dtype=_text_or_none(ref.get("dtype")),
         device=_text_or_none(ref.get("device")),
         old_status=None if old is None else old.get("status"),
@@ -158,10 +282,6 @@ def _change(kind: str, old: dict | None, new: dict | None, **extra: Any) -> Chan
     )
 
 
-def _text_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def _drift_factor(old: float | None, new: float | None) -> float | None:
     """Growth of the bound ratio, with small baselines floored at DRIFT_FLOOR; None if not comparable."""
     if old is None or new is None or math.isnan(old) or math.isnan(new) or old < 0 or math.isinf(old):
@@ -169,100 +289,299 @@ def _drift_factor(old: float | None, new: float | None) -> float | None:
     return new / max(old, DRIFT_FLOOR)
 
 
-def _framework_versions(report: dict[str, Any]) -> dict[str, str | None]:
-    """Framework (and Python) versions of a report; a merged report whose shards disagree shows them all."""
-    environments = [report.get("environment") or {}]
-    environments += [(shard or {}).get("environment") or {} for shard in report.get("shards") or []]
-    seen: dict[str, list[str]] = {}
-    for environment in environments:
-        named = dict(environment.get("frameworks") or {})
-        if "python" in environment:
-            named["python"] = environment["python"]
-        for name, version in named.items():
-            bucket = seen.setdefault(str(name), [])
-            if version is not None and str(version) not in bucket:
-                bucket.append(str(version))
-    return {name: " / ".join(sorted(bucket)) or None for name, bucket in seen.items()}
+def _judge_vanished(c: Comparison, old: dict[str, Any], options: Options) -> None:
+    if old.get("status") == "skipped":
+        c.skips_changed.append(_change("vanished", old, None))
+    elif not c.current_complete and options.allow_incomplete:
+        c.missing.append(_change("missing", old, None, reason="absent from the incomplete candidate report"))
+    else:
+        was = f" (was: {old['reason']})" if old.get("reason") else ""
+        c.regressions.append(_change("vanished", old, None, reason=f"absent from the candidate report{was}"))
 
 
-def _variant_skips(result: dict[str, Any]) -> dict[str, str]:
-    skipped = result.get("skipped_variants")
-    return {str(k): str(v) for k, v in skipped.items()} if isinstance(skipped, dict) else {}
+def _judge_status(c: Comparison, old: dict[str, Any], new: dict[str, Any], options: Options) -> bool:
+    """File a status change; True when that settles the result (nothing more is said about it)."""
+    old_status, new_status = old.get("status"), new.get("status")
+    if new_status in BAD_STATUSES and old_status not in BAD_STATUSES:
+        c.regressions.append(_change("regression", old, new))
+        return True
+    if old_status in MEASURED_STATUSES and new_status == "skipped":
+        if options.allows(new.get("reason")):
+            c.allowed_skips.append(_change("allowed_skip", old, new))
+        else:
+            c.regressions.append(_change("skipped", old, new))
+        return True
+    if old_status in BAD_STATUSES and new_status == "passed":
+        c.fixed.append(_change("fixed", old, new))
+    elif old_status != new_status and "skipped" in (old_status, new_status):
+        c.skips_changed.append(_change("skip", old, new))
+    elif old_status != new_status:
+        c.status_changes.append(_change("status", old, new))
+    return False
 
 
-def compare_reports(baseline: dict[str, Any], current: dict[str, Any], *,
-                    factor: float = DEFAULT_FACTOR) -> Comparison:
-    """Classify every difference between two loaded reports (see the module docstring for the rules)."""
+def _judge_drift(c: Comparison, old: dict[str, Any], new: dict[str, Any]) -> None:
+    growth = _drift_factor(_ratio(old), _ratio(new))
+    if growth is not None and growth > c.factor:
+        c.drift.append(_change("drift", old, new, factor=growth))
+
+
+def _measured(old: dict[str, Any], new: dict[str, Any]) -> tuple[Counter, Counter]:
+    """What each row measured: per-variant labels when the baseline recorded them, else variant names."""
+    old_labels = _measured_labels(old)
+    if old_labels and isinstance(new.get("per_variant"), dict):
+        return old_labels, _measured_labels(new)
+    return _names(old), _names(new)
+
+
+def _names(row: dict[str, Any]) -> Counter:
+    return Counter(str(name) for name in _as_list(row.get("variants")))
+
+
+def _measured_labels(row: dict[str, Any]) -> Counter:
+    """Labels with at least one example, in ``per_variant`` or under a documented divergence."""
+    labels = Counter()
+    for section in ("per_variant", "divergences"):
+        for label, numbers in _as_dict(row.get(section)).items():
+            if _as_dict(numbers).get("examples", 1) != 0:
+                labels[str(label)] = 1
+    return labels
+
+
+def _skip_reason_of(variant: str, skipped: dict[str, str]) -> str | None:
+    """The candidate's skip reason for a variant label or name (gradient labels carry a suffix)."""
+    for key, reason in skipped.items():
+        base = key.removesuffix(_SOME_EXAMPLES)
+        if variant == base or variant.startswith(base + " ") or base.startswith(variant + " "):
+            return reason
+    return None
+
+
+def _judge_variants(c: Comparison, old: dict[str, Any], new: dict[str, Any], options: Options) -> None:
+    """Variants measured in the baseline row and no longer in the candidate row (both still measuring)."""
+    if old.get("status") not in MEASURED_STATUSES or new.get("status") not in MEASURED_STATUSES:
+        return
+    before, after = _measured(old, new)
+    skipped = _variant_skips(new)
+    for variant in sorted(before - after):
+        why = _skip_reason_of(variant, skipped)
+        reason = f"variant {variant} no longer measured: {why or 'absent from the row, no skip reason recorded'}"
+        if options.allows(why):
+            c.allowed_skips.append(_change("allowed_skip", old, new, reason=reason))
+        else:
+            c.regressions.append(_change("variant_dropped", old, new, reason=reason))
+
+
+def _list_variant_skips(c: Comparison, old: dict[str, Any], new: dict[str, Any]) -> None:
+    old_skips, new_skips = _variant_skips(old), _variant_skips(new)
+    for variant in sorted(set(old_skips) ^ set(new_skips)):
+        if variant in new_skips:
+            reason = f"variant {variant} now skipped: {new_skips[variant]}"
+        else:
+            reason = f"variant {variant} runs again"
+        c.skips_changed.append(_change("variant_skip", old, new, reason=reason))
+
+
+def _compare_results(c: Comparison, baseline: dict[str, Any], current: dict[str, Any], options: Options) -> None:
+    old_index = _index(baseline.get("results") or [])
+    new_index = _index(current.get("results") or [])
+    for key, old in old_index.items():
+        new = new_index.get(key)
+        if new is None:
+            _judge_vanished(c, old, options)
+        elif not _judge_status(c, old, new, options):
+            _judge_drift(c, old, new)
+            _judge_variants(c, old, new, options)
+            _list_variant_skips(c, old, new)
+    for key, new in new_index.items():
+        if key in old_index:
+            continue
+        if not c.baseline_complete and options.allow_incomplete:
+            c.missing.append(_change("missing", None, new, reason="absent from the incomplete baseline report"))
+        else:
+            c.new.append(_change("new", None, new))
+
+
+def _compare_claims(c: Comparison, baseline: dict[str, Any], current: dict[str, Any]) -> None:
+    old_claims = _as_dict(baseline.get("claims"))
+    for claim_id, claim in _as_dict(current.get("claims")).items():
+        if claim_id in old_claims:
+            continue
+        claim = _as_dict(claim)
+        c.new.append(Change(
+            kind="new_claim", nodeid="", claim=str(claim_id),
+            variants=tuple(str(v) for v in claim.get("variants") or []),
+            check=claim.get("relation"), title=claim.get("title"), reason=claim.get("source")))
+
+
+# ----------------------------------------------------------------------------- environments
+
+
+def _compare_versions(c: Comparison, baseline: dict[str, Any], current: dict[str, Any]) -> None:
+    old_versions, new_versions = _framework_versions(baseline), _framework_versions(current)
+    for name in sorted(set(old_versions) | set(new_versions), key=lambda n: (n == "python", n)):
+        row = VersionChange(name, old_versions.get(name), new_versions.get(name))
+        c.versions.append(row)
+        if row.old != row.new:
+            c.version_changes.append(row)
+
+
+def _importable(report: dict[str, Any]) -> dict[str, str]:
+    """Framework name -> version, for frameworks installed and not marked unavailable."""
+    unavailable = _unavailable(report)
+    return {_framework_name(name): version for name, version in _framework_versions(report).items()
+            if version and name not in _NOT_FRAMEWORKS and _framework_name(name) not in unavailable}
+
+
+def _compare_frameworks(c: Comparison, baseline: dict[str, Any], current: dict[str, Any]) -> None:
+    """A framework the baseline could import and the candidate cannot: every check with it is lost."""
+    before, after, broken = _importable(baseline), _importable(current), _unavailable(current)
+    for name, version in sorted(before.items()):
+        if name in after:
+            continue
+        if name in broken:
+            text = (f"framework {name} ({version} in the baseline) is installed in the candidate but cannot be "
+                    f"imported there: {broken[name]}; fix the candidate environment, or the gate passes an upgrade "
+                    f"that skips every {name} check")
+        else:
+            text = (f"framework {name} ({version} in the baseline) is missing from the candidate environment; "
+                    f"install it there, or the gate passes an upgrade that skips every {name} check")
+        c.problems.append(Problem("framework", name, text))
+
+
+def _incomplete_shards(report: dict[str, Any]) -> list[str]:
+    return [str(_as_dict(shard).get("name")) for shard in _as_list(report.get("shards"))
+            if _as_dict(shard).get("complete") is False]
+
+
+def _incomplete_text(side: str, report: dict[str, Any]) -> str:
+    shards = _incomplete_shards(report)
+    where = f" (incomplete shards: {', '.join(shards)})" if shards else ""
+    return (f"the {side} report is incomplete (complete: false{where}): a worker, shard or backend died or was "
+            f"interrupted, so its missing results are unknown, not passed; re-run it to completion, or pass "
+            f"--allow-incomplete to compare what is there")
+
+
+def _compare_completeness(c: Comparison, baseline: dict[str, Any], current: dict[str, Any], options: Options) -> None:
+    if options.allow_incomplete:
+        return
+    for side, report, complete in (("baseline", baseline, c.baseline_complete),
+                                   ("candidate", current, c.current_complete)):
+        if not complete:
+            c.problems.append(Problem("incomplete", side, _incomplete_text(side, report)))
+
+
+# ----------------------------------------------------------------------------- divergences
+
+
+def _observed(*values: Any) -> bool | None:
+    """True if any run saw it, False if exercised and never seen, None if never exercised."""
+    if any(value is True for value in values):
+        return True
+    return False if any(value is False for value in values) else None
+
+
+def _listed_divergences(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    entries = (_as_dict(entry) for entry in _as_list(report.get("divergences")))
+    return {str(entry["id"]): entry for entry in entries if entry.get("id")}
+
+
+def _row_divergences(report: dict[str, Any]) -> Iterable[tuple[str, str, dict[str, Any]]]:
+    """(nodeid, variant label, entry) of every row-level divergence entry."""
+    for row in report.get("results") or []:
+        for label, entry in _as_dict(row.get("divergences")).items():
+            entry = _as_dict(entry)
+            if entry.get("id"):
+                yield str(row.get("nodeid", "")), str(label), entry
+
+
+def _over_ceiling(nodeid: str, label: str, entry: dict[str, Any]) -> str | None:
+    if entry.get("within_ceiling") is not False:
+        return None
+    return f"{nodeid} {label}: bound ratio {_fmt_ratio(_ratio(entry))}"
+
+
+def _divergence_views(report: dict[str, Any]) -> dict[str, DivergenceView]:
+    listed = _listed_divergences(report)
+    seen: dict[str, list[Any]] = {key: [entry.get("observed")] for key, entry in listed.items()}
+    over: dict[str, list[str]] = {key: ["its report entry says exceeded_ceiling"] for key, entry in listed.items()
+                                  if entry.get("exceeded_ceiling") is True}
+    for nodeid, label, entry in _row_divergences(report):
+        key = str(entry["id"])
+        seen.setdefault(key, []).append(entry.get("observed"))
+        where = _over_ceiling(nodeid, label, entry)
+        if where:
+            over.setdefault(key, []).append(where)
+    return {key: DivergenceView(listed.get(key, {}), key in listed, _observed(*values), tuple(over.get(key, ())))
+            for key, values in seen.items()}
+
+
+def _divergence_problems(row: DivergenceRow) -> list[Problem]:
+    entry, old, new = row.entry, row.baseline, row.current
+    name = f"documented divergence {row.id}" + (f" ({entry['framework']})" if entry.get("framework") else "")
+    problems = []
+    if new is not None and new.observed is True and (old is None or old.observed is not True):
+        before = "not listed in" if old is None or not old.listed else "not observed in"
+        summary = f": {entry['summary']}" if entry.get("summary") else ""
+        problems.append(Problem("divergence", row.id, (
+            f"{name} is observed in the candidate and was {before} the baseline{summary}; the upgrade "
+            f"brought it: check it against the evidence before accepting the upgrade")))
+    if new is not None and new.over_ceiling:
+        ceiling = f" ({entry['ceiling']})" if entry.get("ceiling") else ""
+        problems.append(Problem("divergence", row.id, (
+            f"{name} exceeds its ceiling{ceiling} in the candidate ({'; '.join(new.over_ceiling[:5])}): the "
+            f"framework is worse than documented, investigate it as a failure")))
+    return problems
+
+
+def _compare_divergences(c: Comparison, baseline: dict[str, Any], current: dict[str, Any]) -> None:
+    before, after = _divergence_views(baseline), _divergence_views(current)
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        entry = new.entry if new is not None and new.listed else old.entry if old is not None else {}
+        row = DivergenceRow(key, entry, old, new)
+        c.divergences.append(row)
+        c.problems += _divergence_problems(row)
+
+
+# ----------------------------------------------------------------------------- comparing
+
+
+def _check_factor(factor: Any) -> None:
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
             or factor <= 1:
         raise ValueError(f"drift factor must be a finite number greater than 1 (got {factor!r}); "
                          f"a ratio growing by more than this factor counts as a regression")
-    base_results = baseline.get("results") or []
-    cur_results = current.get("results") or []
+
+
+def _compile_patterns(patterns: Iterable[str | re.Pattern[str]]) -> tuple[re.Pattern[str], ...]:
+    try:
+        return tuple(p if isinstance(p, re.Pattern) else re.compile(p) for p in patterns)
+    except re.error as exc:
+        raise ValueError(f"allowed skip pattern is not a regular expression ({exc}); "
+                         f"escape special characters, e.g. 'no GPU \\(cuda\\)'") from None
+
+
+def compare_reports(baseline: dict[str, Any], current: dict[str, Any], *, factor: float = DEFAULT_FACTOR,
+                    allow_skip: Iterable[str | re.Pattern[str]] = (), allow_incomplete: bool = False) -> Comparison:
+    """Classify every difference between two loaded reports (see the module docstring for the rules)."""
+    _check_factor(factor)
+    options = Options(float(factor), _compile_patterns(allow_skip), bool(allow_incomplete))
     comparison = Comparison(
-        factor=float(factor),
-        baseline_summary=summarize(base_results),
-        current_summary=summarize(cur_results),
+        factor=options.factor,
+        allow_skip=tuple(p.pattern for p in options.allow_skip),
+        allow_incomplete=options.allow_incomplete,
+        baseline_summary=summarize(baseline.get("results") or []),
+        current_summary=summarize(current.get("results") or []),
         baseline_complete=bool(baseline.get("complete", False)),
         current_complete=bool(current.get("complete", False)),
     )
-
-    old_versions = _framework_versions(baseline)
-    new_versions = _framework_versions(current)
-    for name in sorted(set(old_versions) | set(new_versions), key=lambda n: (n == "python", n)):
-        row = VersionChange(name, old_versions.get(name), new_versions.get(name))
-        comparison.versions.append(row)
-        if row.old != row.new:
-            comparison.version_changes.append(row)
-
-    old_index = _index(base_results)
-    new_index = _index(cur_results)
-
-    for key, old in old_index.items():
-        new = new_index.get(key)
-        old_status = old.get("status")
-        if new is None:
-            if old_status == "skipped":
-                comparison.skips_changed.append(_change("vanished", old, None))
-            else:
-                comparison.regressions.append(_change("vanished", old, None))
-            continue
-        new_status = new.get("status")
-        if new_status in BAD_STATUSES and old_status not in BAD_STATUSES:
-            comparison.regressions.append(_change("regression", old, new))
-            continue
-        if old_status in BAD_STATUSES and new_status == "passed":
-            comparison.fixed.append(_change("fixed", old, new))
-        elif old_status != new_status and "skipped" in (old_status, new_status):
-            comparison.skips_changed.append(_change("skip", old, new))
-        elif old_status != new_status:
-            comparison.status_changes.append(_change("status", old, new))
-
-        growth = _drift_factor(_ratio(old), _ratio(new))
-        if growth is not None and growth > factor:
-            comparison.drift.append(_change("drift", old, new, factor=growth))
-
-        old_skips, new_skips = _variant_skips(old), _variant_skips(new)
-        for variant in sorted(set(old_skips) ^ set(new_skips)):
-            if variant in new_skips:
-                comparison.skips_changed.append(_change(
-                    "variant_skip", old, new, reason=f"variant {variant} now skipped: {new_skips[variant]}"))
-            else:
-                comparison.skips_changed.append(_change(
-                    "variant_skip", old, new, reason=f"variant {variant} runs again"))
-
-    for key, new in new_index.items():
-        if key not in old_index:
-            comparison.new.append(_change("new", None, new))
-
-    old_claims = baseline.get("claims") or {}
-    for claim_id, claim in (current.get("claims") or {}).items():
-        if claim_id not in old_claims:
-            claim = claim if isinstance(claim, dict) else {}
-            comparison.new.append(Change(
-                kind="new_claim", nodeid="", claim=str(claim_id),
-                variants=tuple(str(v) for v in claim.get("variants") or []),
-                check=claim.get("relation"), title=claim.get("title"), reason=claim.get("source")))
+    _compare_versions(comparison, baseline, current)
+    _compare_frameworks(comparison, baseline, current)
+    _compare_completeness(comparison, baseline, current, options)
+    _compare_results(comparison, baseline, current, options)
+    _compare_claims(comparison, baseline, current)
+    _compare_divergences(comparison, baseline, current)
     return comparison
 
 
@@ -320,72 +639,131 @@ def _results_table(changes: list[Change]) -> list[str]:
     return lines
 
 
-def _render_markdown(comparison: Comparison, baseline_name: str, current_name: str) -> str:
-    c = comparison
-    lines = [f"# Conformance comparison: {_cell(baseline_name)} → {_cell(current_name)}", ""]
-    if c.regressed:
-        count = len(c.regressions) + len(c.drift)
-        parts = []
-        if c.regressions:
-            parts.append(f"{len(c.regressions)} failing or vanished")
-        if c.drift:
-            parts.append(f"{len(c.drift)} with bound-ratio drift over ×{c.factor:g}")
-        lines.append(f"**REGRESSION: {count} result{'s' if count != 1 else ''}** ({', '.join(parts)})")
-    else:
-        lines.append(f"**No regression** (no new failures, no vanished checks, no bound-ratio drift "
-                     f"over ×{c.factor:g})")
-    lines.append("")
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+_REGRESSION_KINDS = (
+    ("regression", "now failing or erroring"),
+    ("skipped", "passed or measured before, skipped now (reason not allowed by --allow-skip)"),
+    ("vanished", "no longer in the report (no longer measured)"),
+    ("variant_dropped", "variant no longer measured in a row that still passes"),
+)
+
+
+def _headline(c: Comparison) -> list[str]:
+    if not c.regressed:
+        return [f"**No regression** (no new failures, no vanished or newly skipped checks, no variant, framework "
+                f"or divergence got worse, no bound-ratio drift over ×{c.factor:g})"]
+    kinds = Counter(change.kind for change in c.regressions)
+    parts = [f"{_plural(kinds[kind], 'result')} {text}" for kind, text in _REGRESSION_KINDS if kinds[kind]]
+    if c.drift:
+        parts.append(f"{_plural(len(c.drift), 'result')} with bound-ratio drift over ×{c.factor:g}")
+    parts += [problem.text for problem in c.problems]
+    return [f"**REGRESSION: {_plural(len(parts), 'problem')}**", ""] + [f"- {_cell(part)}" for part in parts]
+
+
+def _notes(c: Comparison, baseline_name: str, current_name: str) -> list[str]:
+    lines = []
     for name, complete in ((baseline_name, c.baseline_complete), (current_name, c.current_complete)):
-        if not complete:
-            lines.append(f"> Note: {_cell(name)} is marked incomplete (the run was interrupted); "
-                         f"results missing from it are counted as vanished.")
-            lines.append("")
+        if not complete and c.allow_incomplete:
+            lines += [f"> Note: {_cell(name)} is marked incomplete (complete: false); --allow-incomplete: results "
+                      f"it lacks are listed under \"Missing from an incomplete report\".", ""]
+    if c.allow_skip:
+        patterns = ", ".join(f"`{_cell(p)}`" for p in c.allow_skip)
+        lines += [f"> Allowed skips (--allow-skip): {patterns}.", ""]
+    return lines
 
+
+def _summary_table(c: Comparison, baseline_name: str, current_name: str) -> list[str]:
     statuses = ["passed", "failed", "error", "skipped"]
-    if c.baseline_summary.get("xfailed") or c.current_summary.get("xfailed"):
-        statuses.append("xfailed")
-    lines.append("| Report | " + " | ".join(statuses) + " |")
-    lines.append("|---|" + "---|" * len(statuses))
-    for name, summary in ((baseline_name, c.baseline_summary), (current_name, c.current_summary)):
-        lines.append(f"| {_cell(name)} | " + " | ".join(str(summary.get(s, 0)) for s in statuses) + " |")
-    lines.append("")
+    statuses += [s for s in ("measured", "xfailed") if c.baseline_summary.get(s) or c.current_summary.get(s)]
+    lines = ["| Report | complete | " + " | ".join(statuses) + " |", "|---|---|" + "---|" * len(statuses)]
+    for name, summary, complete in ((baseline_name, c.baseline_summary, c.baseline_complete),
+                                    (current_name, c.current_summary, c.current_complete)):
+        lines.append(f"| {_cell(name)} | {'yes' if complete else '**no**'} | "
+                     + " | ".join(str(summary.get(s, 0)) for s in statuses) + " |")
+    return lines + [""]
 
-    if c.versions:
-        lines += ["## Framework versions", "",
-                  f"| Framework | {_cell(baseline_name)} | {_cell(current_name)} | |", "|---|---|---|---|"]
-        for row in c.versions:
-            mark = "changed" if row.old != row.new else ""
-            lines.append(f"| {_cell(row.name)} | {_cell(row.old or '(absent)')} | "
-                         f"{_cell(row.new or '(absent)')} | {mark} |")
-        lines.append("")
 
-    new_results = [ch for ch in c.new if ch.kind != "new_claim"]
-    new_claims = [ch for ch in c.new if ch.kind == "new_claim"]
+def _versions_table(c: Comparison, baseline_name: str, current_name: str) -> list[str]:
+    if not c.versions:
+        return []
+    lines = ["## Framework versions", "",
+             f"| Framework | {_cell(baseline_name)} | {_cell(current_name)} | |", "|---|---|---|---|"]
+    lost = {p.subject for p in c.problems if p.kind == "framework"}
+    for row in c.versions:
+        mark = "**lost**" if row.name in lost else "changed" if row.old != row.new else ""
+        lines.append(f"| {_cell(row.name)} | {_cell(row.old or '(absent)')} | "
+                     f"{_cell(row.new or '(absent)')} | {mark} |")
+    return lines + [""]
+
+
+def _observed_cell(view: DivergenceView | None) -> str:
+    if view is None:
+        return "not listed"
+    text = {True: "observed", False: "not observed", None: "not exercised"}[view.observed]
+    return text + (" (**over ceiling**)" if view.over_ceiling else "")
+
+
+def _divergence_table(c: Comparison, baseline_name: str, current_name: str) -> list[str]:
+    if not c.divergences:
+        return []
+    lines = [f"## Documented divergences ({len(c.divergences)})", "",
+             f"| Divergence | Framework | Versions | Kind | Ceiling | {_cell(baseline_name)} | {_cell(current_name)} "
+             f"| Summary | Evidence |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in c.divergences:
+        entry = row.entry
+        versions = ", ".join(f"{k} {v}" for k, v in _as_dict(entry.get("versions")).items())
+        lines.append("| " + " | ".join([
+            _cell(f"`{row.id}`"), _cell(entry.get("framework")), _cell(versions), _cell(entry.get("kind")),
+            _cell(entry.get("ceiling"), _REASON_WIDTH), _observed_cell(row.baseline), _observed_cell(row.current),
+            _cell(entry.get("summary"), _EVIDENCE_WIDTH), _cell(entry.get("evidence"), _EVIDENCE_WIDTH)]) + " |")
+    return lines + [""]
+
+
+def _claims_table(new_claims: list[Change]) -> list[str]:
+    if not new_claims:
+        return []
+    lines = [f"## New claims ({len(new_claims)})", "",
+             "| Claim | Title | Relation | Variants | Source |", "|---|---|---|---|---|"]
+    for ch in new_claims:
+        lines.append(f"| {_cell(ch.claim)} | {_cell(ch.title)} | {_cell(ch.check)} | "
+                     f"{_cell(', '.join(ch.variants))} | {_cell(ch.reason, _REASON_WIDTH)} |")
+    return lines + [""]
+
+
+def _result_sections(c: Comparison) -> list[str]:
     sections = [
-        ("Regressions", "Now failing, or present in the baseline and missing now.", c.regressions),
+        ("Regressions", "Now failing; passed before and skipped, absent or missing a variant now. A skip whose "
+                        "reason is expected is allowed with --allow-skip PATTERN.", c.regressions),
         ("Bound-ratio drift", f"max_bound_ratio grew by more than ×{c.factor:g} "
                               f"(baselines below {DRIFT_FLOOR:g} count as {DRIFT_FLOOR:g}).", c.drift),
+        ("Allowed skips", "Skipped now, with a reason matching --allow-skip; not a regression.", c.allowed_skips),
+        ("Missing from an incomplete report", "In one report only, the other being incomplete "
+                                              "(--allow-incomplete); not judged.", c.missing),
         ("Fixed", "Failing in the baseline, passing now.", c.fixed),
-        ("Skips changed", "Skipped results and skipped variants that changed; not a regression.",
-         c.skips_changed),
+        ("Skips changed", "Skipped results and skipped variants that changed; not a regression.", c.skips_changed),
         ("Other status changes", "", c.status_changes),
-        ("New results", "Not in the baseline; not a regression.", new_results),
+        ("New results", "Not in the baseline; not a regression.", [ch for ch in c.new if ch.kind != "new_claim"]),
     ]
+    lines: list[str] = []
     for title, blurb, changes in sections:
-        if not changes:
-            continue
-        lines += [f"## {title} ({len(changes)})", ""]
-        if blurb:
-            lines += [blurb, ""]
-        lines += _results_table(changes)
-        lines.append("")
-    if new_claims:
-        lines += [f"## New claims ({len(new_claims)})", "",
-                  "| Claim | Title | Relation | Variants | Source |", "|---|---|---|---|---|"]
-        for ch in new_claims:
-            lines.append(f"| {_cell(ch.claim)} | {_cell(ch.title)} | {_cell(ch.check)} | "
-                         f"{_cell(', '.join(ch.variants))} | {_cell(ch.reason, _REASON_WIDTH)} |")
-        lines.append("")
+        if changes:
+            lines += [f"## {title} ({len(changes)})", ""] + ([blurb, ""] if blurb else [])
+            lines += _results_table(changes) + [""]
+    return lines
+
+
+def _render_markdown(c: Comparison, baseline_name: str, current_name: str) -> str:
+    lines = [f"# Conformance comparison: {_cell(baseline_name)} → {_cell(current_name)}", ""]
+    lines += _headline(c) + [""]
+    lines += _notes(c, baseline_name, current_name)
+    lines += _summary_table(c, baseline_name, current_name)
+    lines += _versions_table(c, baseline_name, current_name)
+    lines += _result_sections(c)
+    lines += _divergence_table(c, baseline_name, current_name)
+    lines += _claims_table([ch for ch in c.new if ch.kind == "new_claim"])
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -412,16 +790,33 @@ def _positive_factor(text: str) -> float:
     return value
 
 
+def _skip_pattern(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({exc}); escape special "
+                                         f"characters with a backslash") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from reports.cli import ArgumentParser
 
     parser = ArgumentParser(
         prog="conformance compare",
-        description="Compare a current report.json with a baseline; exit 1 on regression, 2 on unusable input.")
+        description="Compare a candidate report.json with a baseline; exit 1 when anything got worse (a new "
+                    "failure, a result or variant no longer measured, a skip not allowed, a framework gone, an "
+                    "incomplete report, a divergence new or over its ceiling, bound-ratio drift), 2 on unusable "
+                    "input.")
     parser.add_argument("baseline", help="report.json of the accepted run")
-    parser.add_argument("current", help="report.json of the run to check")
+    parser.add_argument("current", help="report.json of the run to check (the candidate)")
     parser.add_argument("--factor", type=_positive_factor, default=DEFAULT_FACTOR,
                         help=f"max_bound_ratio growth that counts as drift (default {DEFAULT_FACTOR:g})")
+    parser.add_argument("--allow-skip", action="append", default=[], type=_skip_pattern, metavar="PATTERN",
+                        help="a result or variant that passed and is skipped now is no regression when its skip "
+                             "reason matches this regular expression (searched, e.g. 'gpu'); repeatable")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="compare even if a report is complete: false; the results it lacks are listed, "
+                             "not judged")
     parser.add_argument("--output", "-o", metavar="FILE.md", help="also write the Markdown summary here")
     return parser
 
@@ -435,7 +830,8 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    comparison = compare_reports(baseline, current, factor=args.factor)
+    comparison = compare_reports(baseline, current, factor=args.factor, allow_skip=args.allow_skip,
+                                 allow_incomplete=args.allow_incomplete)
     markdown = comparison.to_markdown(args.baseline, args.current)
     if args.output:
         try:

@@ -11,7 +11,8 @@ SCHEMA = "layer-conformance/report/v1"
 SCHEMA_PREFIX = "layer-conformance/report/v"
 SCHEMA_VERSION = 1
 
-STATUSES = ("passed", "failed", "skipped", "error", "xfailed")
+# `measured`: the speed check, a measurement and never a verdict
+STATUSES = ("passed", "failed", "skipped", "error", "xfailed", "measured")
 RELATIONS = ("equal", "differ")
 RESULT_KEYS = (
     "nodeid", "claim", "relation", "check", "variants", "dtype", "device",

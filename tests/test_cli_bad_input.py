@@ -29,7 +29,7 @@ CASES = ("unknown option", "missing file", "directory", "non-JSON", "truncated",
 ARGUMENTS = {
     "run": ({"out"}, set(), {"help", "profile", "frameworks", "dtypes", "devices", "keras_backends", "no_speed",
                              "workers", "pytest_args"}),
-    "compare": ({"output"}, {"baseline", "current"}, {"help", "factor"}),
+    "compare": ({"output"}, {"baseline", "current"}, {"help", "factor", "allow_skip", "allow_incomplete"}),
     "merge": ({"output"}, {"inputs"}, {"help"}),
     "repro": (set(), {"path"}, {"help", "frameworks"}),
     "faults": ({"out"}, set(), {"help", "faults", "profile", "benign_examples", "quiet"}),

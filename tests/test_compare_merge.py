@@ -79,7 +79,7 @@ def test_flipped_to_failed_is_a_regression(capsys, tmp_path):
     current["results"][1].update(status="failed", reason="max error 3e-5 above bound", max_bound_ratio=3.0)
     code, out, _ = run_compare(capsys, tmp_path, baseline, current)
     assert code == 1
-    assert "REGRESSION: 1 result" in out
+    assert "REGRESSION: 1 problem" in out and "1 result now failing or erroring" in out
     assert "suites/test_linear.py::test_forward[1]" in out
     assert "passed → failed" in out
     assert "linear-matches-dense" in out
@@ -102,8 +102,8 @@ def test_vanished_skipped_result_is_listed_not_a_regression():
     assert [c.nodeid for c in comparison.skips_changed] == ["b"]
 
 
-def test_became_skipped_is_listed_with_reason():
-    baseline = make_report([make_result("a")])
+def test_failed_to_skipped_is_listed_with_reason():
+    baseline = make_report([make_result("a", status="failed", ratio=3.0)])
     current = make_report([make_result("a", status="skipped", ratio=None, reason="flax not installed")])
     comparison = compare_reports(baseline, current)
     assert comparison.exit_code == 0
