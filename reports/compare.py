@@ -93,6 +93,14 @@ class Problem(NamedTuple):
     text: str  # what got worse, and what to do about it
 
 
+class Incomplete(NamedTuple):
+    """A report marked ``complete: false``."""
+
+    side: str  # baseline | candidate
+    reason: str  # its incomplete.reason, and its incomplete shards
+    missing: tuple[str, ...]  # its incomplete.missing: selected tests that produced no result
+
+
 @dataclass(frozen=True)
 class Change:
     """One listed difference; ``old_*`` fields are None for new results, ``new_*`` for vanished ones."""
@@ -157,6 +165,7 @@ class Comparison:
     skips_changed: list = field(default_factory=list)
     allowed_skips: list = field(default_factory=list)
     missing: list = field(default_factory=list)  # in one report only, the other being incomplete (allowed)
+    incomplete: list = field(default_factory=list)  # Incomplete, one per report marked complete: false
     status_changes: list = field(default_factory=list)
     versions: list = field(default_factory=list)  # every framework, changed or not
     divergences: list = field(default_factory=list)  # DivergenceRow, every one in either report
@@ -449,26 +458,32 @@ def _compare_frameworks(c: Comparison, baseline: dict[str, Any], current: dict[s
         c.problems.append(Problem("framework", name, text))
 
 
-def _incomplete_shards(report: dict[str, Any]) -> list[str]:
-    return [str(_as_dict(shard).get("name")) for shard in _as_list(report.get("shards"))
-            if _as_dict(shard).get("complete") is False]
+def _incompleteness(side: str, report: dict[str, Any]) -> Incomplete:
+    """Why a report is incomplete: its ``incomplete`` section (reason, tests without a result), its shards."""
+    section = _as_dict(report.get("incomplete"))
+    shards = [str(_as_dict(shard).get("name")) for shard in _as_list(report.get("shards"))
+              if _as_dict(shard).get("complete") is False]
+    reason = str(section.get("reason") or "no reason recorded")
+    if shards:
+        reason += f"; incomplete shards: {', '.join(shards)}"
+    return Incomplete(side, reason, tuple(str(nodeid) for nodeid in _as_list(section.get("missing"))))
 
 
-def _incomplete_text(side: str, report: dict[str, Any]) -> str:
-    shards = _incomplete_shards(report)
-    where = f" (incomplete shards: {', '.join(shards)})" if shards else ""
-    return (f"the {side} report is incomplete (complete: false{where}): a worker, shard or backend died or was "
-            f"interrupted, so its missing results are unknown, not passed; re-run it to completion, or pass "
-            f"--allow-incomplete to compare what is there")
+def _incomplete_text(entry: Incomplete) -> str:
+    missing = f", {_plural(len(entry.missing), 'test')} without a result" if entry.missing else ""
+    return (f"the {entry.side} report is incomplete (complete: false: {entry.reason}{missing}): its missing results "
+            f"are unknown, not passed; re-run it to completion, or pass --allow-incomplete to compare what is there")
 
 
 def _compare_completeness(c: Comparison, baseline: dict[str, Any], current: dict[str, Any], options: Options) -> None:
-    if options.allow_incomplete:
-        return
     for side, report, complete in (("baseline", baseline, c.baseline_complete),
                                    ("candidate", current, c.current_complete)):
-        if not complete:
-            c.problems.append(Problem("incomplete", side, _incomplete_text(side, report)))
+        if complete:
+            continue
+        entry = _incompleteness(side, report)
+        c.incomplete.append(entry)
+        if not options.allow_incomplete:
+            c.problems.append(Problem("incomplete", side, _incomplete_text(entry)))
 
 
 # ----------------------------------------------------------------------------- divergences
@@ -663,16 +678,31 @@ def _headline(c: Comparison) -> list[str]:
     return [f"**REGRESSION: {_plural(len(parts), 'problem')}**", ""] + [f"- {_cell(part)}" for part in parts]
 
 
-def _notes(c: Comparison, baseline_name: str, current_name: str) -> list[str]:
+def _notes(c: Comparison) -> list[str]:
     lines = []
-    for name, complete in ((baseline_name, c.baseline_complete), (current_name, c.current_complete)):
-        if not complete and c.allow_incomplete:
-            lines += [f"> Note: {_cell(name)} is marked incomplete (complete: false); --allow-incomplete: results "
-                      f"it lacks are listed under \"Missing from an incomplete report\".", ""]
+    if c.incomplete and c.allow_incomplete:
+        lines += ["> Note: --allow-incomplete: results missing from an incomplete report are listed under "
+                  "\"Missing from an incomplete report\", not judged.", ""]
     if c.allow_skip:
         patterns = ", ".join(f"`{_cell(p)}`" for p in c.allow_skip)
         lines += [f"> Allowed skips (--allow-skip): {patterns}.", ""]
     return lines
+
+
+_MISSING_SHOWN = 20
+
+
+def _incomplete_section(c: Comparison, baseline_name: str, current_name: str) -> list[str]:
+    if not c.incomplete:
+        return []
+    lines = [f"## Incomplete reports ({len(c.incomplete)})", ""]
+    for entry in c.incomplete:
+        name = baseline_name if entry.side == "baseline" else current_name
+        lines.append(f"- {entry.side} `{_cell(name)}`: {_cell(entry.reason)}")
+        lines += [f"  - no result: `{_cell(nodeid)}`" for nodeid in entry.missing[:_MISSING_SHOWN]]
+        if len(entry.missing) > _MISSING_SHOWN:
+            lines.append(f"  - and {len(entry.missing) - _MISSING_SHOWN} more (the report's incomplete.missing)")
+    return lines + [""]
 
 
 def _summary_table(c: Comparison, baseline_name: str, current_name: str) -> list[str]:
@@ -758,8 +788,9 @@ def _result_sections(c: Comparison) -> list[str]:
 def _render_markdown(c: Comparison, baseline_name: str, current_name: str) -> str:
     lines = [f"# Conformance comparison: {_cell(baseline_name)} → {_cell(current_name)}", ""]
     lines += _headline(c) + [""]
-    lines += _notes(c, baseline_name, current_name)
+    lines += _notes(c)
     lines += _summary_table(c, baseline_name, current_name)
+    lines += _incomplete_section(c, baseline_name, current_name)
     lines += _versions_table(c, baseline_name, current_name)
     lines += _result_sections(c)
     lines += _divergence_table(c, baseline_name, current_name)

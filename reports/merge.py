@@ -70,6 +70,21 @@ def _union_conflicts(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[d
     return merged
 
 
+def _merged_divergences(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per documented divergence id: observed if any shard observed it (False if exercised and
+    never seen, None if never exercised), exceeded_ceiling if any shard exceeded it."""
+    merged: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for entry in report.get("divergences") or []:
+            if not isinstance(entry, dict) or not entry.get("id"):
+                continue
+            kept = merged.setdefault(str(entry["id"]), copy.deepcopy(entry))
+            seen = (kept.get("observed"), entry.get("observed"))
+            kept["observed"] = True if True in seen else False if False in seen else None
+            kept["exceeded_ceiling"] = bool(kept.get("exceeded_ceiling") or entry.get("exceeded_ceiling"))
+    return list(merged.values())
+
+
 def merge_reports(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Merge loaded reports, each with a shard name, into one valid v1 report. Inputs are not modified."""
     if not named:
@@ -113,6 +128,8 @@ def merge_reports(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "results": results,
         "shards": shards,
     }
+    if any("divergences" in report for _, report in named):
+        merged["divergences"] = _merged_divergences([report for _, report in named])
     return validate_report(merged, "merged report")
 
 

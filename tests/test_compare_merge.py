@@ -358,3 +358,19 @@ def test_merge_main_needs_inputs_and_output(capsys, tmp_path):
             merge.main(argv)
         assert exc.value.code == 2
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_merge_keeps_documented_divergences_for_the_gate():
+    entry = {"id": "tf-bf16-nan", "framework": "keras", "evidence": "7 of 20 runs", "exceeded_ceiling": False}
+    jax = make_report([make_result("a")])
+    tf = make_report([make_result("b")])
+    never = make_report([make_result("c")])
+    jax["divergences"] = [{**entry, "observed": False}]
+    tf["divergences"] = [{**entry, "observed": True, "exceeded_ceiling": True}]
+    never["divergences"] = [{**entry, "id": "torch-crash", "observed": None}]
+    merged = merge_reports([("jax", jax), ("tf", tf), ("never", never)])
+    by_id = {d["id"]: d for d in merged["divergences"]}
+    assert by_id["tf-bf16-nan"] == {**entry, "observed": True, "exceeded_ceiling": True}
+    assert by_id["torch-crash"]["observed"] is None and by_id["torch-crash"]["exceeded_ceiling"] is False
+    assert [p.subject for p in compare_reports(make_report(), merged).problems] == ["tf-bf16-nan", "tf-bf16-nan"]
+    assert "divergences" not in merge_reports([("w0", make_report())])

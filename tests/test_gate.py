@@ -58,7 +58,7 @@ def exits_1_naming(capsys, tmp_path, baseline, current, *names: str, args: tuple
 def test_passed_to_skipped_is_a_regression(capsys, tmp_path):
     current = make_report([make_result(NODE, status="skipped", ratio=None, reason="keras could not be imported")])
     exits_1_naming(capsys, tmp_path, make_report([passed_row()]), current,
-                         "passed → skipped", NODE, "keras could not be imported", "--allow-skip")
+                   "passed → skipped", NODE, "keras could not be imported", "--allow-skip")
 
 
 def test_allowed_skip_is_listed_not_a_regression(capsys, tmp_path):
@@ -179,12 +179,22 @@ def test_incomplete_shard_is_named():
     assert "incomplete shards: tensorflow" in problem.text
 
 
+def test_incomplete_report_names_its_reason_and_the_tests_without_a_result(capsys, tmp_path):
+    current = make_report([passed_row()], complete=False)
+    current["incomplete"] = {"reason": "worker gw1 died (SIGSEGV)", "missing": ["suites/test_batch.py::test_b[x]"]}
+    exits_1_naming(capsys, tmp_path, make_report([passed_row()]), current,
+                   "complete: false: worker gw1 died (SIGSEGV), 1 test without a result",
+                   "## Incomplete reports (1)", "no result: `suites/test_batch.py::test_b[x]`")
+
+
 def test_allow_incomplete_lists_what_is_missing(capsys, tmp_path):
     baseline = make_report([passed_row(), passed_row("suites/test_linear.py::test_forward[1]")])
     current = make_report([passed_row()], complete=False)
+    current["incomplete"] = {"reason": "interrupted by SIGTERM", "missing": ["suites/test_linear.py::test_forward[1]"]}
     code, out, _ = run_compare(capsys, tmp_path, baseline, current, "--allow-incomplete")
     assert code == 0, out
-    assert "marked incomplete" in out and "## Missing from an incomplete report (1)" in out
+    assert "## Incomplete reports (1)" in out and "interrupted by SIGTERM" in out
+    assert "## Missing from an incomplete report (1)" in out
     assert "test_forward[1]" in out and "absent from the incomplete candidate report" in out
 
 
