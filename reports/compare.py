@@ -357,33 +357,36 @@ def _measured_labels(row: dict[str, Any]) -> Counter:
     return labels
 
 
-def _skip_reason_of(variant: str, skipped: dict[str, str]) -> str | None:
-    """The candidate's skip reason for a variant label or name (gradient labels carry a suffix)."""
+def _skip_of(variant: str, skipped: dict[str, str]) -> tuple[str, str | None]:
+    """The candidate's skip entry (key, reason) for a variant label or name; gradient labels carry a suffix."""
     for key, reason in skipped.items():
         base = key.removesuffix(_SOME_EXAMPLES)
         if variant == base or variant.startswith(base + " ") or base.startswith(variant + " "):
-            return reason
-    return None
+            return key, reason
+    return "", None
 
 
-def _judge_variants(c: Comparison, old: dict[str, Any], new: dict[str, Any], options: Options) -> None:
-    """Variants measured in the baseline row and no longer in the candidate row (both still measuring)."""
+def _judge_variants(c: Comparison, old: dict[str, Any], new: dict[str, Any], options: Options) -> set[str]:
+    """Variants measured in the baseline row and no longer in the candidate row (both still measuring);
+    returns the candidate's skip entries that explain them, so that they are not listed again."""
     if old.get("status") not in MEASURED_STATUSES or new.get("status") not in MEASURED_STATUSES:
-        return
+        return set()
     before, after = _measured(old, new)
-    skipped = _variant_skips(new)
+    skipped, used = _variant_skips(new), set()
     for variant in sorted(before - after):
-        why = _skip_reason_of(variant, skipped)
+        key, why = _skip_of(variant, skipped)
+        used.add(key)
         reason = f"variant {variant} no longer measured: {why or 'absent from the row, no skip reason recorded'}"
         if options.allows(why):
             c.allowed_skips.append(_change("allowed_skip", old, new, reason=reason))
         else:
             c.regressions.append(_change("variant_dropped", old, new, reason=reason))
+    return used
 
 
-def _list_variant_skips(c: Comparison, old: dict[str, Any], new: dict[str, Any]) -> None:
+def _list_variant_skips(c: Comparison, old: dict[str, Any], new: dict[str, Any], judged: set[str]) -> None:
     old_skips, new_skips = _variant_skips(old), _variant_skips(new)
-    for variant in sorted(set(old_skips) ^ set(new_skips)):
+    for variant in sorted((set(old_skips) ^ set(new_skips)) - judged):
         if variant in new_skips:
             reason = f"variant {variant} now skipped: {new_skips[variant]}"
         else:
@@ -400,8 +403,7 @@ def _compare_results(c: Comparison, baseline: dict[str, Any], current: dict[str,
             _judge_vanished(c, old, options)
         elif not _judge_status(c, old, new, options):
             _judge_drift(c, old, new)
-            _judge_variants(c, old, new, options)
-            _list_variant_skips(c, old, new)
+            _list_variant_skips(c, old, new, _judge_variants(c, old, new, options))
     for key, new in new_index.items():
         if key in old_index:
             continue
@@ -658,11 +660,11 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-_REGRESSION_KINDS = (
-    ("regression", "now failing or erroring"),
-    ("skipped", "passed or measured before, skipped now (reason not allowed by --allow-skip)"),
-    ("vanished", "no longer in the report (no longer measured)"),
-    ("variant_dropped", "variant no longer measured in a row that still passes"),
+_REGRESSION_KINDS = (  # (Change.kind, what is counted, what happened to it)
+    ("regression", "result", "now failing or erroring"),
+    ("skipped", "result", "passed or measured before, skipped now (reason not allowed by --allow-skip)"),
+    ("vanished", "result", "no longer in the report (no longer measured)"),
+    ("variant_dropped", "variant", "no longer measured in a row that still passes"),
 )
 
 
@@ -671,7 +673,7 @@ def _headline(c: Comparison) -> list[str]:
         return [f"**No regression** (no new failures, no vanished or newly skipped checks, no variant, framework "
                 f"or divergence got worse, no bound-ratio drift over ×{c.factor:g})"]
     kinds = Counter(change.kind for change in c.regressions)
-    parts = [f"{_plural(kinds[kind], 'result')} {text}" for kind, text in _REGRESSION_KINDS if kinds[kind]]
+    parts = [f"{_plural(kinds[kind], noun)} {text}" for kind, noun, text in _REGRESSION_KINDS if kinds[kind]]
     if c.drift:
         parts.append(f"{_plural(len(c.drift), 'result')} with bound-ratio drift over ×{c.factor:g}")
     parts += [problem.text for problem in c.problems]
