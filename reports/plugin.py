@@ -286,7 +286,10 @@ class ConformancePlugin:
         return sorted(self.expected - set(self.finished))
 
     def add_environment(self, framework: str, info: dict[str, Any]) -> None:
-        self.environment["devices"][framework] = info.get("devices", [])
+        if info.get("unavailable"):  # selected but not importable here: the gate must see it gone
+            self.environment.setdefault("unavailable", {})[framework] = str(info["unavailable"])
+        else:
+            self.environment["devices"][framework] = info.get("devices", [])
         for name, value in info.get("numeric_modes", {}).items():
             self.environment["numeric_modes"][name] = value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
         if self.is_worker:
@@ -324,6 +327,8 @@ class ConformancePlugin:
     def take_worker_environment(self, env: dict[str, Any]) -> None:
         self.environment["devices"].update(env.get("devices", {}))
         self.environment["numeric_modes"].update(env.get("numeric_modes", {}))
+        if env.get("unavailable"):
+            self.environment.setdefault("unavailable", {}).update(env["unavailable"])
 
     def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
         self.interrupted = True

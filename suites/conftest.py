@@ -106,11 +106,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("runner", cases, ids=[case.id for case in cases], indirect=True)
 
 
+def _record_unavailable(config: pytest.Config, variants: Any, selected: set[str]) -> None:
+    """A selected framework that cannot be imported here is named in the report's environment (once)."""
+    from adapters import get_adapter
+
+    for framework in {v.framework for v in variants} & selected - _RECORDED:
+        reason = get_adapter(framework).available()
+        if reason:
+            _RECORDED.add(framework)
+            record_environment(config, framework, {"unavailable": reason})
+
+
 @pytest.fixture
 def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -> Iterator[ClaimRunner]:
     check = getattr(request.function, "check", "forward")
     selected = set(request.config.getoption("--conformance-frameworks"))
     numerics = request.config.getoption("--conformance-numerics")
+    _record_unavailable(request.config, request.param.claim.variants, selected)
     for variant in request.param.claim.variants:  # once per framework and process, before its first layer
         if variant.framework not in _NUMERICS_SET and variant.framework in selected:
             _NUMERICS_SET.add(variant.framework)
