@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, IO
 
@@ -309,7 +310,7 @@ def crash_meta(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-    except (OSError, ValueError, EOFError, KeyError):
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile):  # TypeError: a .npy
         return None
     return meta if isinstance(meta, dict) and meta.get("schema") == CRASH_SCHEMA else None
 
