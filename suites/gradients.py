@@ -106,7 +106,13 @@ def variant_gradients(variant: Variant, dims: Dims, x: np.ndarray, weights: Weig
     result["framework"] = to_claim(dx.astype(np.float64), {k: v.astype(np.float64) for k, v in dw.items()})
     counts = term_counts(spec, out.shape)
     result["bound"] = {name: sum_bound(counts[name], m, dtype) for name, m in result["magnitude"].items()}
+    result["terms"] = counts  # type: ignore[assignment]  (ints: what bound_in needs for another dtype)
     return result
+
+
+def bound_in(grads: dict[str, dict[str, Any]], name: str, dtype: str) -> np.ndarray:
+    """One gradient's bound as if computed in `dtype` (a divergence's ceiling): same terms, same magnitude."""
+    return sum_bound(grads["terms"][name], grads["magnitude"][name], dtype)
 
 
 def compare(grads: dict[str, dict[str, np.ndarray]], expected: dict[str, np.ndarray]) -> dict[str, tuple]:

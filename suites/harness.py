@@ -9,7 +9,7 @@ import itertools
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ from adapters import get_adapter, reference
 from adapters.spec import LayerSpec, Weights
 from suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound
 from suites.catalog import Claim, Reference, ReferenceMemo, Variant, evaluate_reference
-from suites.divergences import divergence_for
+from suites.divergences import Divergence, by_id, ceiling_failure, divergence_for, expect_raise
 from suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, geometry_key, geometry_pool,
                                random_array)
 
@@ -142,7 +142,7 @@ class ClaimRunner:
             self.skipped[f"{label} (some examples)"] = reason
         worst = (0.0, 0.0)
         for v in outcome.variants:
-            self._note(v.label, v.error, v.ratio, v.divergence)
+            self._note(v.label, v.error, v.ratio, v.divergence, v.ceiling_ratio)
             if not v.divergence:
                 worst = max(worst, (v.ratio, v.error))
         if outcome.separation is not None:
@@ -177,12 +177,18 @@ class ClaimRunner:
         for variant in self.runnable:
             spec = variant.spec(dims)
             reason = get_adapter(variant.framework).supports(spec, dtype, device)
-            crash = divergence_for(variant.framework, spec, dtype, "gradient", variant.x_in(x, dims).shape)
-            if crash and crash.crash:
-                reason = f"not run, documented divergence {crash.id}: {crash.summary}"
+            known = divergence_for(variant.framework, spec, dtype, "gradient", variant.x_in(x, dims).shape, device=device)
+            if known and known.kind == "crash":
+                reason = known.not_run_reason()
             if reason:
                 self.skipped[f"{variant.label(dims)} (some examples)"] = reason
                 reasons.append(reason)
+                continue
+            if known and known.kind == "exception":  # run, and its documented error asserted
+                problem = self._expect_raise(variant.label(dims), known, lambda: variant_gradients(
+                    variant, dims, x, weights, cotangent, dtype, device))
+                failures.extend([problem] if problem else [])
+                reasons.append(f"the gradient of {variant.label(dims)} raises, documented divergence {known.id}")
                 continue
             compared += 1
             grads = variant_gradients(variant, dims, x, weights, cotangent, dtype, device)
@@ -190,16 +196,18 @@ class ClaimRunner:
             for name, (error, ratio, index) in compare(grads, expected).items():
                 label = f"{variant.label(dims)} d{name}"
                 divergence = divergence_for(variant.framework, spec, dtype, "gradient",
-                                            variant.x_in(x, dims).shape, gradient=name)
-                self._note(label, error, ratio, divergence.id if divergence else None)
-                if divergence:
+                                            variant.x_in(x, dims).shape, gradient=name, device=device)
+                if divergence:  # judged against its ceiling only
+                    failures.extend(self._gradient_ceiling(label, divergence, grads, expected, name, error, ratio))
                     continue
+                self._note(label, error, ratio)
                 worst = max(worst, (ratio, error))
                 if not ratio <= 1.0:
                     failures.append(f"{label} exceeds the error bound: max error {error:.3g} is {ratio:.3g}x the "
                                     f"bound at index {index} (got {grads['framework'][name][index]:.9g}, reference "
                                     f"{expected[name][index]:.9g}); layer {spec.describe()}")
-        if not compared and self.record["examples"] == 0:  # nothing of this row can be differentiated here
+        if not compared and not failures and self.record["examples"] == 0:  # nothing here can be differentiated
+            self._publish_divergences()
             pytest.skip("; ".join(sorted(set(reasons))))
         self._note_sample(worst, claim.variants[0].spec(dims).reduction_length)
         if failures:
@@ -222,15 +230,26 @@ class ClaimRunner:
         curve = self.record.setdefault("depth_curve", {})
         failures, worst = [], (0.0, 0.0)
         for variant in self.runnable:
-            if get_adapter(variant.framework).supports(variant.spec(dims), dtype, device) \
-                    or self._diverges(variant, variant.spec(dims), x, dims):
+            if get_adapter(variant.framework).supports(variant.spec(dims), dtype, device):
                 continue
+            divergence = self._diverges(variant, variant.spec(dims), x, dims)
+            if divergence and divergence.kind != "numeric":
+                continue
+            ceilings = reference_stack(base, dims, x, stack, divergence.ceiling.bound_dtype(dtype))[1] \
+                if divergence else bounds
             label = variant.label(dims)
             outputs = framework_stack(variant, dims, x, stack, dtype, device)
             ratios = curve.setdefault(label, [None] * MAX_DEPTH)
             for level, (y, ref, bound) in enumerate(zip(outputs, activations, bounds)):
                 error, ratio, index = bound_ratio(y, ref, bound)
                 ratios[level] = _finite(max(ratio, ratios[level] or 0.0))
+                if divergence:  # judged against its ceiling only
+                    beyond = self._beyond_ceiling(label, divergence, y, ref, ceilings[level], error, ratio,
+                                                  f" at depth {level + 1}")
+                    if beyond:
+                        failures.append(beyond)
+                        break
+                    continue
                 self._note(label, error, ratio)
                 worst = max(worst, (ratio, error))
                 if not ratio <= 1.0:
@@ -251,13 +270,18 @@ class ClaimRunner:
         failures, worst = [], (0.0, 0.0)
         for variant in self.runnable:
             spec = variant.spec(dims)
-            if get_adapter(variant.framework).supports(spec, dtype, device) or self._diverges(variant, spec, x, dims):
+            if get_adapter(variant.framework).supports(spec, dtype, device):
+                continue
+            divergence = self._diverges(variant, spec, x, dims)
+            if divergence and divergence.kind != "numeric":
                 continue
             label = variant.label(dims)
             layer_x, layer_w = variant.x_in(x, dims), variant.w_map(weights, dims)
             layer = get_adapter(variant.framework).build(spec, layer_w, dtype, device)
-            bound = variant.y_out(error_bound(spec.reduction_length, reference.magnitude(spec, layer_x, layer_w),
-                                              dtype), dims)
+            magnitude = reference.magnitude(spec, layer_x, layer_w)
+            bound = variant.y_out(error_bound(spec.reduction_length, magnitude, dtype), dims)
+            ceiling = variant.y_out(error_bound(spec.reduction_length, magnitude, divergence.ceiling.bound_dtype(
+                dtype)), dims) if divergence else bound
             full = variant.y_out(layer.forward(layer_x), dims)
             again = variant.y_out(layer.forward(layer_x), dims)
             if not np.array_equal(full, again, equal_nan=True):
@@ -266,6 +290,13 @@ class ClaimRunner:
             for i in range(batch):
                 one = variant.y_out(layer.forward(variant.x_in(x[i:i + 1], single)), single)
                 error, ratio, index = bound_ratio(one[0], full[i], 2 * bound[i])
+                if divergence:  # judged against its ceiling only
+                    beyond = self._beyond_ceiling(label, divergence, one[0], full[i], 2 * ceiling[i], error, ratio,
+                                                  f" (sample {i} alone against the batch of {batch}, twice the bound)")
+                    if beyond:
+                        failures.append(beyond)
+                        break
+                    continue
                 self._note(label, error, ratio)
                 worst = max(worst, (ratio, error))
                 if not ratio <= 1.0:
@@ -276,18 +307,45 @@ class ClaimRunner:
         if failures:
             self._fail("batch", failures, dims, style)
 
+    def _expect_raise(self, label: str, divergence: Divergence, call: Callable[[], Any]) -> str | None:
+        """Runs a call that an exception divergence says raises; the failure message if it did not, as documented."""
+        raised, problem = expect_raise(divergence, label, call)
+        self._note_raised(label, divergence.id, raised, problem)
+        return problem
+
+    def _gradient_ceiling(self, label: str, divergence: Divergence, grads: dict[str, Any],
+                          expected: dict[str, np.ndarray], name: str, error: float, ratio: float) -> list[str]:
+        """A divergent gradient against its ceiling; the failure, if it is beyond it."""
+        from suites.gradients import bound_in
+
+        bound = bound_in(grads, name, divergence.ceiling.bound_dtype(self.case.dtype))
+        beyond = self._beyond_ceiling(label, divergence, grads["framework"][name], expected[name], bound, error, ratio)
+        return [beyond] if beyond else []
+
+    def _beyond_ceiling(self, label: str, divergence: Divergence, y: np.ndarray, expected: np.ndarray,
+                        ceiling_bound: np.ndarray, error: float, ratio: float, where: str = "") -> str | None:
+        """Notes a divergent variant's comparison (error and ratio against the normal bound); the failure
+        line if it is beyond the divergence's ceiling."""
+        c_error, c_ratio, index = divergence.ceiling.judge(y, expected, ceiling_bound)
+        self._note(label, error, ratio, divergence.id, c_ratio)
+        if c_ratio <= 1.0:
+            return None
+        return ceiling_failure(divergence, label, c_error, c_ratio, f"{where} at index {index}")
+
     def _fail(self, what: str, failures: list[str], dims: Dims, style: str | None = None) -> None:
         __tracebackhide__ = True
         claim, dtype, device = self.case
         raise AssertionError(f"claim {claim.id} [{dtype}, {device}] {what}: {claim.title}\n  " + "\n  ".join(failures)
                              + f"\n  dims={_describe_dims(dims)}" + (f", data style={style}" if style else ""))
 
-    def _diverges(self, variant: Variant, spec: LayerSpec, x: np.ndarray, dims: Dims) -> bool:
-        """A documented divergence makes this variant incomparable in this check: skip it, with the reason."""
-        divergence = divergence_for(variant.framework, spec, self.case.dtype, self.check, variant.x_in(x, dims).shape)
-        if divergence:
-            self.skipped[f"{variant.label(dims)} (some examples)"] = f"documented divergence {divergence.id}"
-        return divergence is not None
+    def _diverges(self, variant: Variant, spec: LayerSpec, x: np.ndarray, dims: Dims) -> Divergence | None:
+        """The documented divergence of this variant in this check; one that is not numeric (a crash) means
+        the variant is not run: skipped, with the reason."""
+        divergence = divergence_for(variant.framework, spec, self.case.dtype, self.check, variant.x_in(x, dims).shape,
+                                    device=self.case.device)
+        if divergence and divergence.kind != "numeric":
+            self.skipped[f"{variant.label(dims)} (some examples)"] = divergence.not_run_reason()
+        return divergence
 
     def frameworks_used(self) -> set[str]:
         return {v.framework for v in self.runnable}
@@ -311,19 +369,39 @@ class ClaimRunner:
                            f"(from {claim.variants[0].label(dims)}), got {wrong}")
 
     # ---- bookkeeping --------------------------------------------------------------------------
-    def _note(self, label: str, error: float, ratio: float, divergence: str | None = None) -> None:
-        if divergence:
-            seen = self.divergences.setdefault(label, {"id": divergence, "max_bound_ratio": 0.0, "examples": 0,
-                                                       "max_abs_error": 0.0})
-            seen["max_bound_ratio"] = max(seen["max_bound_ratio"], ratio)
-            seen["max_abs_error"] = max(seen["max_abs_error"], error)
+    def _note(self, label: str, error: float, ratio: float, divergence: str | None = None,
+              ceiling_ratio: float = 0.0) -> None:
+        if divergence:  # observed: beyond the normal bound; within_ceiling: never beyond what the divergence allows
+            seen = self.divergences.setdefault(label, {"id": divergence, "kind": "numeric", "max_bound_ratio": 0.0,
+                                                       "examples": 0, "max_abs_error": 0.0, "max_ceiling_ratio": 0.0})
+            seen["max_bound_ratio"] = max(seen["max_bound_ratio"], _not_nan(ratio))
+            seen["max_abs_error"] = max(seen["max_abs_error"], _not_nan(error))
+            seen["max_ceiling_ratio"] = max(seen["max_ceiling_ratio"], _not_nan(ceiling_ratio))
             seen["examples"] += 1
             seen["observed"] = seen["max_bound_ratio"] > 1.0
+            seen["within_ceiling"] = seen["max_ceiling_ratio"] <= 1.0
             return
         stats = self.stats.setdefault(label, VariantStats())
         stats.examples += 1
         stats.max_abs_error = max(stats.max_abs_error, error)
         stats.max_bound_ratio = max(stats.max_bound_ratio, ratio)
+
+    def _note_raised(self, label: str, divergence: str, raised: str | None, problem: str | None) -> None:
+        """An exception divergence ran: observed when it raised; within its ceiling while always as documented."""
+        seen = self.divergences.setdefault(label, {"id": divergence, "kind": "exception", "max_bound_ratio": None,
+                                                   "examples": 0, "max_abs_error": None, "raised": 0,
+                                                   "within_ceiling": True})
+        seen["examples"] += 1
+        seen["raised"] += raised is not None
+        seen["observed"] = seen["raised"] > 0
+        seen["error"] = raised or seen.get("error")
+        if problem:
+            seen["within_ceiling"] = False
+            seen.setdefault("problem", problem)
+        self._publish_divergences()
+
+    def _publish_divergences(self) -> None:
+        self.record["divergences"] = {label: _divergence_entry(seen) for label, seen in self.divergences.items()}
 
     def _note_pairs(self, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         if self.case.claim.relation != "equal":
@@ -351,10 +429,7 @@ class ClaimRunner:
                                  for k, s in self.stats.items()}
         record["pairwise"] = [{"a": a, "b": b, "max_abs_error": _finite(e), "max_bound_ratio": _finite(r)}
                               for (a, b), (e, r) in self.pairwise.items()]
-        record["divergences"] = {label: {**seen, "max_bound_ratio": _finite(seen["max_bound_ratio"]),
-                                         "max_abs_error": _finite(seen["max_abs_error"]),
-                                         "summary": _divergence_summary(seen["id"])}
-                                 for label, seen in self.divergences.items()}
+        self._publish_divergences()
         record["separation"] = None if self.separation == float("inf") else _finite(self.separation)
         record["duration"] = round(time.perf_counter() - self.started, 3)
 
@@ -377,6 +452,7 @@ class VariantOutcome:
     ratio: float
     failure: str | None = None
     divergence: str | None = None  # id of the documented divergence this variant showed
+    ceiling_ratio: float = 0.0  # under a divergence: its error against the divergence's ceiling
 
 
 @dataclass
@@ -425,6 +501,9 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
         spec, layer_x, layer_w = ref.spec, ref.layer_x, ref.layer_w
         adapter = get_adapter(variant.framework)
         reason = adapter.supports(spec, dtype, device)
+        crash = divergence_for(variant.framework, spec, dtype, "forward", layer_x.shape, device=device)
+        if crash and crash.kind == "crash":  # it would kill this process: not run in it
+            reason = crash.not_run_reason()
         if reason:  # geometry drawn for this example only (e.g. Keras: stride and dilation together)
             outcome.skipped[label] = reason
             continue
@@ -452,15 +531,27 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
         spec, (error, ratio, index) = ref.spec, judgement
         v = VariantOutcome(label, variant.framework, spec, ref.layer_x, ref.layer_w, layer_y,
                            ref.layer_y, layer_bound, y, bound, error, ratio)
-        divergence = divergence_for(variant.framework, spec, dtype, "forward", ref.layer_x.shape)
-        if divergence:  # measured and reported, never failing the row
-            v.divergence = divergence.id
+        divergence = divergence_for(variant.framework, spec, dtype, "forward", ref.layer_x.shape, device=device)
+        if divergence:  # measured and reported; it fails the row only beyond its ceiling
+            _judge_ceiling(v, divergence, memo.error_bound(spec, ref.layer_magnitude,
+                                                           divergence.ceiling.bound_dtype(dtype)), want, variant, dims)
+            outcome.failures.extend([v.failure] if v.failure else [])
         elif not ratio <= 1.0:
             v.failure = _failure_line(label, spec, dtype, y, want, bound, index, error, ratio)
             outcome.failures.append(v.failure)
         outcome.failures.extend(later)
         outcome.variants.append(v)
     return outcome
+
+
+def _judge_ceiling(v: VariantOutcome, divergence: Divergence, layer_ceiling: np.ndarray, want: np.ndarray,
+                   variant: Variant, dims: Dims) -> None:
+    """A divergent variant's output against its ceiling (the ceiling dtype's bound, less what it exempts)."""
+    v.divergence = divergence.id
+    error, v.ceiling_ratio, index = divergence.ceiling.judge(v.y, want, variant.y_out(layer_ceiling, dims))
+    if not v.ceiling_ratio <= 1.0:
+        v.failure = ceiling_failure(divergence, v.label, error, v.ceiling_ratio,
+                                    f" at output index {index}; layer {v.spec.describe()}")
 
 
 def pairwise_ratios(results: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[tuple[tuple[str, str], float, float]]:
@@ -472,10 +563,16 @@ def pairwise_ratios(results: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[t
     return [(pair, error, ratio) for pair, (error, ratio, _) in zip(pairs, judged)]
 
 
-def _divergence_summary(divergence_id: str) -> str:
-    from suites.divergences import DIVERGENCES
+def _divergence_entry(seen: dict[str, Any]) -> dict[str, Any]:
+    """A row's `divergences` entry: what the variant showed, JSON-safe (non-finite numbers are null)."""
+    numbers = {k: _finite(seen[k]) for k in ("max_bound_ratio", "max_abs_error", "max_ceiling_ratio")
+               if seen.get(k) is not None}
+    return {**seen, **numbers, "summary": by_id(seen["id"]).summary}
 
-    return next(d.summary for d in DIVERGENCES if d.id == divergence_id)
+
+def _not_nan(value: float) -> float:
+    """A NaN ratio or error (inf against an inf bound) counts as infinitely far off."""
+    return float("inf") if value != value else value
 
 
 def _single_sample(dims: Dims) -> Dims:
