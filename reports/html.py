@@ -156,7 +156,7 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
             row["cells"][column] = {
                 "status": cell["status"], "status_class": status_class(cell["status"]),
                 "icon": status_icon(cell["status"]),
-                "ratio": "" if cell["status"] == "skipped" else format_number(cell["ratio"]),
+                "ratio": "" if cell["status"] in ("skipped", "measured") else format_number(cell["ratio"]),
                 "tooltip": "\n".join([cell["status"]] + cell["nodeids"]),
             }
 

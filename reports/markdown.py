@@ -22,11 +22,12 @@ STATUS_ICON = {
     "skipped": "⏭",
     "error": "💥",
     "xfailed": "❎",
+    "measured": "⏱",  # a measurement (speed), not a verdict
 }
 # Worst first: a matrix cell that gathers several results shows the worst of them; a skip only
 # shows when nothing in the cell ran.
-STATUS_SEVERITY = ("error", "failed", "xfailed", "passed", "skipped")
-STATUS_ORDER = ("passed", "failed", "skipped", "error", "xfailed")
+STATUS_SEVERITY = ("error", "failed", "xfailed", "passed", "measured", "skipped")
+STATUS_ORDER = ("passed", "failed", "skipped", "error", "xfailed", "measured")
 DTYPE_ORDER = ("float64", "float32", "float16", "bfloat16")
 CHECK_ORDER = ("forward", "gradient", "depth", "init", "params", "speed")
 
@@ -360,7 +361,7 @@ def _matrix_section(report: dict[str, Any]) -> list[str]:
             if cell is None:
                 cells.append(" ")
                 continue
-            ratio = "" if cell["status"] == "skipped" else " " + format_number(cell["ratio"])
+            ratio = "" if cell["status"] in ("skipped", "measured") else " " + format_number(cell["ratio"])
             cells.append(status_icon(cell["status"]) + ratio)
         rows.append([claim, md_escape(row["check"]), md_code(row["variant"])] + cells)
     lines += _table(header, rows, ["---", "---", "---"] + [":---:"] * len(matrix["columns"]))

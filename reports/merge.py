@@ -5,7 +5,8 @@ Rules:
 * Results are concatenated in input order; each keeps the ``shard`` it came from (set from the input
   name unless an earlier merge already set it).
 * A result seen in two shards (same ``result_key``) is kept once. Equal statuses keep the first
-  copy. Different statuses keep the worse one (error > failed > passed > xfailed > skipped), so a
+  copy. Different statuses keep the worse one (error > failed > passed > measured > xfailed > skipped,
+  `reports.compare.STATUS_SEVERITY`), so a
   failure on any shard is never hidden, and ``merge_conflicts`` lists ``{shard, status, reason}``
   for each status seen, from the first shard that reported it.
 * ``shards`` lists the leaf shards; already-merged inputs contribute their own ``shards`` so that

@@ -306,14 +306,15 @@ class ConformancePlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not self.is_worker:
-            self._note_finished(report, _status(report) if report.when != "teardown" or report.failed
+            self._note_finished(report, _status(report, _record_of(report.user_properties))
+                                if report.when != "teardown" or report.failed
                                 else self.finished.get(report.nodeid, "passed"))
         record = _record_of(report.user_properties)
         if record is None:
             return
         if report.when == "call" or report.outcome != "passed":
             old = self.results.get(report.nodeid, {})
-            status = _status(report)
+            status = _status(report, record)
             if old.get("status") in ("failed", "error") and report.when == "teardown" and status == "passed":
                 return
             row = {**old, **record, "nodeid": report.nodeid, "status": status}
@@ -466,14 +467,15 @@ def _claims(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return claims
 
 
-def _status(report: pytest.TestReport) -> str:
+def _status(report: pytest.TestReport, record: dict[str, Any] | None = None) -> str:
+    """The result's status; a passing test whose record says `measurement` (speed) is `measured`, not passed."""
     if hasattr(report, "wasxfail"):
         return "xfailed" if report.skipped else "failed"
     if report.skipped:
         return "skipped"
     if report.failed:
         return "failed" if report.when == "call" else "error"
-    return "passed"
+    return "measured" if record and record.get("measurement") else "passed"
 
 
 def _skip_reason(report: pytest.TestReport) -> str:

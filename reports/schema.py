@@ -25,7 +25,8 @@ class ReportError(Exception):
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, int]:
-    """Counts per status, always with passed/failed/skipped/error present."""
+    """Counts per status, always with passed/failed/skipped/error present; `measured` (speed) and `xfailed`
+    under their own names when some result has them: a measurement is never counted as passed."""
     summary = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
     for result in results:
         summary[result["status"]] = summary.get(result["status"], 0) + 1

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-_MARK = {"passed": "ok", "failed": "FAIL", "error": "ERROR", "skipped": "skip", "xfailed": "xfail"}
+_MARK = {"passed": "ok", "failed": "FAIL", "error": "ERROR", "skipped": "skip", "xfailed": "xfail",
+         "measured": "measured"}  # a measurement (speed), not a verdict: never shown as ok
 
 
 def _ratio(value: Any) -> str:
