@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import zipfile
+import zipfile
 from pathlib import Path
 from typing import Any, IO
 

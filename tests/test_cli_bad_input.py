@@ -28,7 +28,7 @@ CASES = ("unknown option", "missing file", "directory", "non-JSON", "truncated",
 # Every argument of every command, split into the files it reads, the files it writes, and the rest.
 ARGUMENTS = {
     "run": ({"out"}, set(), {"help", "profile", "frameworks", "dtypes", "devices", "keras_backends", "no_speed",
-                             "workers", "pytest_args"}),
+                             "timeout", "table", "workers", "pytest_args"}),
     "compare": ({"output"}, {"baseline", "current"}, {"help", "factor", "allow_skip", "allow_incomplete"}),
     "merge": ({"output"}, {"inputs"}, {"help"}),
     "repro": (set(), {"path"}, {"help", "frameworks"}),
@@ -208,6 +208,7 @@ OTHER_BAD_ARGUMENTS = [
     (["run", "--dtypes", "float8"], "--dtypes: unknown float8"),
     (["run", "--devices", ""], "--devices is empty"),
     (["run", "-n", "two"], "'two' is not a number of workers"),
+    (["run", "--timeout", "soon"], "--timeout: 'soon' is not a number of seconds"),
     (["run", "--keras-backends", "theano"], "unknown Keras backend(s) theano"),
     (["run", "--profile", "fast"], "invalid choice: 'fast'"),
     (["compare", "a.json"], "the following arguments are required: current"),
