@@ -208,6 +208,12 @@ def add_report_section(config: pytest.Config, name: str, value: Any) -> None:
         plugin.sections[name] = value
 
 
+def recorded_results(config: pytest.Config) -> list[dict[str, Any]]:
+    """The result rows recorded so far (in the controller: every worker's), for the suites' report sections."""
+    plugin = config.stash.get(_PLUGIN_KEY, None)
+    return list(plugin.results.values()) if plugin is not None else []
+
+
 def record_environment(config: pytest.Config, framework: str, info: dict[str, Any]) -> None:
     """Suites call this once per framework they used: devices and numeric modes in force."""
     plugin = config.stash.get(_PLUGIN_KEY, None)

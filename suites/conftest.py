@@ -8,7 +8,8 @@ from typing import Any, Iterator
 import pytest
 
 from reports import flight
-from reports.plugin import counterexample_folder, record_environment
+from reports.plugin import (REPORT_OPTION, add_report_section, counterexample_folder, record_environment,
+                            recorded_results)
 from suites.catalog import CLAIMS
 from suites.harness import Case, ClaimRunner, freeze_imports
 from suites.strategies import configured_pool_size
@@ -65,6 +66,36 @@ def _configure_jax_cache(config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     _configure_jax_cache(config)
     _configure_threads(config)
+    _start_crash_rechecks(config)
+
+
+RECHECK_ENV = "CONFORMANCE_CRASH_RECHECK"
+_RECHECK_KEY = pytest.StashKey["Recheck"]()
+
+
+def _start_crash_rechecks(config: pytest.Config) -> None:
+    """In the controller of a run that writes a report: every known crash re-checked in child processes,
+    in a background thread while the tests run ($CONFORMANCE_CRASH_RECHECK=off skips it)."""
+    if hasattr(config, "workerinput") or not config.getoption(REPORT_OPTION, None) \
+            or os.environ.get(RECHECK_ENV, "").lower() in ("0", "off", "no"):
+        return
+    from suites.divergences import known_crashes
+    from suites.known_crashes import Recheck
+
+    config.stash[_RECHECK_KEY] = Recheck(known_crashes()).start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The report's `divergences` section (before the report plugin writes it, which it does last)."""
+    config = session.config
+    if hasattr(config, "workerinput") or not config.getoption(REPORT_OPTION, None):
+        return
+    from suites.divergences import report_entries
+
+    recheck = config.stash.get(_RECHECK_KEY, None)
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED  # the report must not wait for a child then
+    rechecks = recheck.results(wait=0 if interrupted else None) if recheck else {}
+    add_report_section(config, "divergences", report_entries(recorded_results(config), rechecks))
 
 
 def _configure_threads(config: pytest.Config) -> None:
