@@ -256,6 +256,8 @@ class ClaimRunner:
                     failures.append(f"{label} at depth {level + 1} exceeds the composed bound: error {error:.3g} is "
                                     f"{ratio:.3g}x the bound at index {index}; layer {spec.describe()}")
                     break
+        if self._nothing_compared(dims, x):
+            return
         self._note_sample(worst, spec.reduction_length)
         if failures:
             self._fail(f"depth {depth}", failures, dims)
@@ -303,9 +305,35 @@ class ClaimRunner:
                     failures.append(f"{label}: sample {i} alone differs from the batched result by {error:.3g}, "
                                     f"{ratio:.3g}x twice the error bound (batch of {batch})")
                     break
+        if self._nothing_compared(dims, x):
+            return
         self._note_sample(worst, claim.variants[0].spec(dims).reduction_length)
         if failures:
             self._fail("batch", failures, dims, style)
+
+    def _nothing_compared(self, dims: Dims, x: np.ndarray) -> bool:
+        """After a depth or batch example: True when no variant was compared on it (the example does not count).
+
+        The variants left out (a geometry the framework does not support, a divergence that is not run: the
+        same tests as the loops above) go to skipped_variants with the reason. A result that has compared no
+        variant in any example is skipped with those reasons, never passed.
+        """
+        _, dtype, device = self.case
+        missed: dict[str, str] = {}
+        for variant in self.runnable:
+            spec = variant.spec(dims)
+            reason = get_adapter(variant.framework).supports(spec, dtype, device)
+            divergence = None if reason else self._diverges(variant, spec, x, dims)
+            reason = reason or (divergence.not_run_reason() if divergence and divergence.kind != "numeric" else None)
+            if reason:
+                missed[variant.label(dims)] = reason
+                self.skipped[f"{variant.label(dims)} (some examples)"] = reason
+        if len(missed) < len(self.runnable):
+            return False
+        if not self.stats and not self.divergences:  # no earlier example compared one either
+            pytest.skip(f"no variant was compared in the {self.check} check: "
+                        + "; ".join(f"{label}: {reason}" for label, reason in missed.items()))
+        return True
 
     def _expect_raise(self, label: str, divergence: Divergence, call: Callable[[], Any]) -> str | None:
         """Runs a call that an exception divergence says raises; the failure message if it did not, as documented."""
