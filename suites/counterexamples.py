@@ -26,6 +26,7 @@ import shlex
 import string
 import tempfile
 import zipfile
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -36,7 +37,9 @@ from adapters.spec import DTYPES, LayerSpec, SpecError
 if TYPE_CHECKING:  # the harness imports this module lazily; no cycle at run time
     from suites.harness import Case, ExampleOutcome
 
-SCHEMA = "layer-conformance/counterexample/v1"
+# v2: specs store every LayerSpec field (v1 dropped padding_mode, so a circular, reflect or replicate layer
+# came back with zero padding); `conformance repro` re-runs only the version written here
+SCHEMA = "layer-conformance/counterexample/v2"
 FRAMEWORK_ORDER = ("torch", "keras", "flax.linen", "flax.nnx")
 _MAX_STEM = 96  # long parametrized ids stay usable as file names; the hash keeps them unique
 
@@ -48,22 +51,28 @@ class CounterexampleError(ValueError):
 # ---- (de)serializing dims and specs -------------------------------------------------------------
 
 def spec_to_json(spec: LayerSpec) -> dict[str, Any]:
-    padding = spec.padding if isinstance(spec.padding, str) else [[int(lo), int(hi)] for lo, hi in spec.padding]
-    return {"kind": spec.kind, "in_features": spec.in_features, "out_features": spec.out_features,
-            "kernel_size": list(spec.kernel_size), "strides": list(spec.strides), "padding": padding,
-            "dilation": list(spec.dilation), "groups": spec.groups, "bias": spec.bias}
+    """Every field of the spec as JSON data (tuples as lists); `extra` only when it holds something."""
+    return {f.name: _to_json(getattr(spec, f.name), f"spec.{f.name}") for f in fields(LayerSpec)
+            if f.name != "extra" or spec.extra}
 
 
 def spec_from_json(obj: Mapping[str, Any]) -> LayerSpec:
     """The LayerSpec back, validated (SpecError, KeyError or TypeError for a malformed entry)."""
+    unknown = sorted(set(obj) - {f.name for f in fields(LayerSpec)})
+    if unknown:
+        raise SpecError(f"unknown LayerSpec field(s) {', '.join(unknown)}: saved by a newer layer-conformance; "
+                        f"upgrade to read it")
     if obj["kind"] == "dense":
-        return LayerSpec.dense(obj["in_features"], obj["out_features"], bias=obj["bias"])
-    padding = obj["padding"]
-    if not isinstance(padding, str):
-        padding = tuple(tuple(pair) for pair in padding)
-    return LayerSpec.conv(obj["in_features"], obj["out_features"], tuple(obj["kernel_size"]),
-                          strides=tuple(obj["strides"]), padding=padding, dilation=tuple(obj["dilation"]),
-                          groups=obj["groups"], bias=obj["bias"])
+        spec = LayerSpec.dense(obj["in_features"], obj["out_features"], bias=obj["bias"])
+    else:
+        padding = obj["padding"]
+        if not isinstance(padding, str):
+            padding = tuple(tuple(pair) for pair in padding)
+        spec = LayerSpec.conv(obj["in_features"], obj["out_features"], tuple(obj["kernel_size"]),
+                              strides=tuple(obj["strides"]), padding=padding, dilation=tuple(obj["dilation"]),
+                              groups=obj["groups"], bias=obj["bias"],
+                              padding_mode=obj.get("padding_mode", "zeros"))  # v1 files did not store it
+    return replace(spec, extra=_from_json(obj["extra"])) if obj.get("extra") else spec
 
 
 def _to_json(value: Any, where: str) -> Any:
@@ -360,24 +369,34 @@ FRAMEWORK = "torch"
 VERSION = f"torch {torch.__version__}"
 
 
+PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
 def same_pads(size, k, s, d):
     """TF/JAX 'same' padding: output ceil(size / s), the odd extra on the high side."""
     total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
     return total // 2, total - total // 2
 
 
+def pad_pairs(spec, spatial):
+    """(low, high) per spatial axis; 'causal' puts all of the dilated kernel's reach on the low side."""
+    if spec["padding"] == "causal":
+        return [((k - 1) * d, 0) for k, d in zip(spec["kernel_size"], spec["dilation"])]
+    if spec["padding"] == "same":
+        return [same_pads(*a) for a in zip(spatial, spec["kernel_size"], spec["strides"], spec["dilation"])]
+    return [tuple(pair) for pair in spec["padding"]]
+
+
 def module_padding(spec, spatial):
-    """(padding nn.Conv takes itself, F.pad list for the rest: asymmetric pairs, or 'same' with stride > 1)."""
+    """(padding nn.Conv takes itself, F.pad list for the rest: asymmetric pairs, causal, or 'same' with stride > 1)."""
     padding = spec["padding"]
-    if padding == "valid":
-        return 0, []
     if padding == "same" and all(s == 1 for s in spec["strides"]):
         return "same", []
-    if padding != "same" and all(lo == hi for lo, hi in padding):
+    if padding == "valid":
+        return 0, []
+    if padding not in ("same", "causal") and all(lo == hi for lo, hi in padding):
         return tuple(lo for lo, _ in padding), []
-    if padding == "same":
-        padding = [same_pads(*a) for a in zip(spatial, spec["kernel_size"], spec["strides"], spec["dilation"])]
-    return 0, [p for pair in reversed(padding) for p in pair]  # F.pad lists the last axis first
+    return 0, [p for pair in reversed(pad_pairs(spec, spatial)) for p in pair]  # F.pad lists the last axis first
 
 
 def forward(spec, dtype, device, x, kernel, bias):
@@ -395,9 +414,9 @@ def forward(spec, dtype, device, x, kernel, bias):
         cls = torch.nn.Conv1d if r == 1 else torch.nn.Conv2d
         layer = cls(spec["in_features"], spec["out_features"], tuple(spec["kernel_size"]),
                     stride=tuple(spec["strides"]), padding=padding, dilation=tuple(spec["dilation"]),
-                    groups=spec["groups"], bias=spec["bias"])
+                    groups=spec["groups"], bias=spec["bias"], padding_mode=spec["padding_mode"])
         if any(pads):
-            x = F.pad(x, pads)
+            x = F.pad(x, pads, mode=PAD_MODES[spec["padding_mode"]])
     layer = layer.to(device=dev, dtype=dt)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor(np.ascontiguousarray(weight), dtype=dt, device=dev))
@@ -437,7 +456,7 @@ def forward(spec, dtype, device, x, kernel, bias):
             r = len(spec["kernel_size"])
             cls = keras.layers.Conv1D if r == 1 else keras.layers.Conv2D
             layer = cls(spec["out_features"], tuple(spec["kernel_size"]), strides=tuple(spec["strides"]),
-                        padding="same" if spec["padding"] == "same" else "valid",
+                        padding=spec["padding"] if spec["padding"] in ("same", "causal") else "valid",
                         dilation_rate=tuple(spec["dilation"]), groups=spec["groups"], use_bias=spec["bias"],
                         dtype=dtype)
             layer.build((None, *[None] * r, spec["in_features"]))
@@ -445,7 +464,7 @@ def forward(spec, dtype, device, x, kernel, bias):
         if spec["bias"]:
             layer.bias.assign(tensor(bias, dtype))
         x = tensor(x, dtype)
-        if spec["kind"] == "conv" and spec["padding"] not in ("same", "valid") and any(map(any, spec["padding"])):
+        if spec["kind"] == "conv" and isinstance(spec["padding"], list) and any(map(any, spec["padding"])):
             x = keras.ops.pad(x, [(0, 0), *map(tuple, spec["padding"]), (0, 0)])  # explicit (low, high) pairs
         y = layer(x)
     return keras.ops.convert_to_numpy(keras.ops.cast(y, "float64"))
@@ -462,6 +481,14 @@ FRAMEWORK = "flax.linen"
 VERSION = f"flax {flax.__version__}, jax {jax.__version__}"
 
 
+def flax_padding(spec):
+    """CIRCULAR/REFLECT for those padding modes (Flax then pads ((k_d - 1) // 2, k_d // 2) itself), else the
+    padding as Flax spells it: 'SAME', 'VALID', 'CAUSAL' or (low, high) pairs."""
+    if spec["padding_mode"] in ("circular", "reflect"):
+        return spec["padding_mode"].upper()
+    return spec["padding"].upper() if isinstance(spec["padding"], str) else [tuple(p) for p in spec["padding"]]
+
+
 def forward(spec, dtype, device, x, kernel, bias):
     """The linen module with these params on channels-last x; float64 out."""
     dt, dev = getattr(jnp, dtype), jax.devices("gpu" if device == "gpu" else "cpu")[0]
@@ -469,7 +496,7 @@ def forward(spec, dtype, device, x, kernel, bias):
     if spec["kind"] == "dense":
         module = linen.Dense(spec["out_features"], **kw)
     else:
-        padding = spec["padding"].upper() if isinstance(spec["padding"], str) else [tuple(p) for p in spec["padding"]]
+        padding = flax_padding(spec)
         module = linen.Conv(spec["out_features"], tuple(spec["kernel_size"]), strides=tuple(spec["strides"]),
                             padding=padding, kernel_dilation=tuple(spec["dilation"]),
                             feature_group_count=spec["groups"], **kw)
@@ -491,6 +518,14 @@ FRAMEWORK = "flax.nnx"
 VERSION = f"flax {flax.__version__}, jax {jax.__version__}"
 
 
+def flax_padding(spec):
+    """CIRCULAR/REFLECT for those padding modes (Flax then pads ((k_d - 1) // 2, k_d // 2) itself), else the
+    padding as Flax spells it: 'SAME', 'VALID', 'CAUSAL' or (low, high) pairs."""
+    if spec["padding_mode"] in ("circular", "reflect"):
+        return spec["padding_mode"].upper()
+    return spec["padding"].upper() if isinstance(spec["padding"], str) else [tuple(p) for p in spec["padding"]]
+
+
 def forward(spec, dtype, device, x, kernel, bias):
     """The nnx module with these params on channels-last x; float64 out."""
     dt, dev = getattr(jnp, dtype), jax.devices("gpu" if device == "gpu" else "cpu")[0]
@@ -498,7 +533,7 @@ def forward(spec, dtype, device, x, kernel, bias):
     if spec["kind"] == "dense":
         module = nnx.Linear(spec["in_features"], spec["out_features"], **kw)
     else:
-        padding = spec["padding"].upper() if isinstance(spec["padding"], str) else [tuple(p) for p in spec["padding"]]
+        padding = flax_padding(spec)
         module = nnx.Conv(spec["in_features"], spec["out_features"], tuple(spec["kernel_size"]),
                           strides=tuple(spec["strides"]), padding=padding, kernel_dilation=tuple(spec["dilation"]),
                           feature_group_count=spec["groups"], **kw)

@@ -281,7 +281,7 @@ def test_dims_round_trip_through_json():
         assert all(isinstance(back[k], tuple) for k, v in dims.items() if isinstance(v, tuple))
     assert dims_to_json(cases[1])["spec"] == {"__spec__": {
         "kind": "conv", "in_features": 4, "out_features": 6, "kernel_size": [3, 2], "strides": [1, 1],
-        "padding": [[1, 2], [0, 1]], "dilation": [1, 2], "groups": 2, "bias": True}}
+        "padding": [[1, 2], [0, 1]], "dilation": [1, 2], "groups": 2, "bias": True, "padding_mode": "zeros"}}
     assert spec_from_json(dims_to_json(cases[1])["spec"]["__spec__"]).padding == ((1, 2), (0, 1))
     with pytest.raises(TypeError, match="dims entry x"):
         dims_to_json({"x": object()})
