@@ -14,7 +14,8 @@ from urllib.parse import quote
 
 from . import plots
 from .markdown import (
-    MISSING, STATUS_ICON, as_dict, as_list, build_matrix, claim_order, counterexample_of, environment_rows,
+    MISSING, STATUS_ICON, as_dict, as_list, build_matrix, claim_order, counterexample_of, divergence_rows,
+    environment_rows,
     format_duration, format_number, relation_of, results_of, skipped_entries, status_icon, status_of,
     summary_counts, text, variant_label,
 )
@@ -165,6 +166,7 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
     shards = [{"name": text(as_dict(shard).get("name")),
                "environment": environment_rows(as_dict(shard).get("environment"))}
               for shard in as_list(report.get("shards"))]
+    divergences = divergence_rows(report)
     skips = skipped_entries(report)
     for skip in skips:
         skip["anchor"] = anchors.claim(skip["claim"])
@@ -178,6 +180,8 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
         toc.append(("failures", f"Failures ({len(failures)})"))
     if differ:
         toc.append(("differ", "Differ claims: separation"))
+    if divergences:
+        toc.append(("divergences", f"Documented divergences ({len(divergences)})"))
     if skips:
         toc.append(("skips", f"Skips ({len(skips)})"))
     toc.append(("claims", "Claims"))
@@ -195,6 +199,7 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
         "legend": [{"status": s, "icon": i, "status_class": status_class(s)} for s, i in STATUS_ICON.items()],
         "failures": failures,
         "differ": differ,
+        "divergences": divergences,
         "skips": skips,
         "claims": claims,
         "environment": environment_rows(report.get("environment")),

@@ -253,6 +253,27 @@ def skipped_entries(report: dict[str, Any]) -> list[dict[str, str]]:
     return entries
 
 
+def divergence_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """The report's documented divergences as display strings: scope, what this run saw, crash re-checks."""
+    rows = []
+    for entry in as_list(report.get("divergences")):
+        entry = as_dict(entry)
+        observed = entry.get("observed")
+        rows.append({
+            "id": text(entry.get("id")), "framework": text(entry.get("framework")), "kind": text(entry.get("kind")),
+            "versions": ", ".join(f"{package} {spec}" for package, spec in as_dict(entry.get("versions")).items())
+                        or MISSING,
+            "in_scope": {True: "yes", False: "no: judged normally"}.get(entry.get("in_scope"), MISSING),
+            "this_run": {True: "observed", False: "not observed (fixed?)"}.get(observed, "not exercised")
+                        + ("; ❌ beyond its ceiling" if entry.get("exceeded_ceiling") else ""),
+            "exceeded": "yes" if entry.get("exceeded_ceiling") else "",
+            "ceiling": text(entry.get("ceiling")),
+            "recheck": text(entry.get("recheck")) if entry.get("kind") == "crash" else "",
+            "summary": text(entry.get("summary")), "evidence": text(entry.get("evidence")),
+        })
+    return rows
+
+
 def counterexample_of(result: dict[str, Any]) -> dict[str, str] | None:
     example = as_dict(result.get("counterexample"))
     if not example:
@@ -476,6 +497,20 @@ def _failures_section(report: dict[str, Any]) -> list[str]:
     return lines[:-1]
 
 
+def _divergences_section(report: dict[str, Any]) -> list[str]:
+    rows = divergence_rows(report)
+    if not rows:
+        return []
+    table = [[md_code(r["id"]), md_escape(r["framework"]), md_escape(r["kind"]), md_escape(r["versions"]),
+              md_escape(r["in_scope"]), md_escape(r["this_run"]), md_escape(r["recheck"] or MISSING)] for r in rows]
+    lines = ["## Documented divergences", ""]
+    lines += _table(["Divergence", "Framework", "Kind", "Observed in", "In scope", "This run", "Crash re-check"], table)
+    for r in rows:
+        lines += ["", f"### {md_code(r['id'], in_table=False)}", "", f"- Summary: {md_escape(r['summary'])}",
+                  f"- Ceiling: {md_escape(r['ceiling'])}", f"- Evidence: {md_escape(r['evidence'])}"]
+    return lines
+
+
 def _skips_section(report: dict[str, Any]) -> list[str]:
     entries = skipped_entries(report)
     if not entries:
@@ -523,7 +558,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     report = as_dict(report)
     sections = [["# Layer conformance report", ""] + _headline(report), _matrix_section(report),
                 _differ_section(report), _failures_section(report), _speed_section(report),
-                _skips_section(report),
+                _divergences_section(report), _skips_section(report),
                 _claims_section(report), _environment_section(report)]
     return "\n\n".join("\n".join(section) for section in sections if section) + "\n"
 

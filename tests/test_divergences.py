@@ -334,3 +334,17 @@ def test_a_run_reports_divergences_and_rechecks(tmp_path):
     assert entries["torch-bf16-onednn-padding-only-segfault"]["recheck"] == "crashes (SIGSEGV)"
     assert entries["tf-float64-grouped-dilated-conv-grad-abort"]["recheck"] == "no crash"
     assert entries["keras-torch-float64-matmul"]["observed"] is None  # no row exercised it
+
+
+def test_report_md_and_html_list_every_divergence(versions):
+    from reports.html import render_html
+    from reports.markdown import render_markdown
+
+    rechecks = {"torch-bf16-onednn-padding-only-segfault": "crashes (SIGSEGV)"}
+    report = {"schema": "layer-conformance/report/v1", "complete": True, "results": [], "claims": {},
+              "divergences": divergences.report_entries([], rechecks)}
+    for page in (render_markdown(report), render_html(report)):
+        for divergence in divergences.DIVERGENCES:
+            assert divergence.id in page, f"{divergence.id} missing from the page"
+        assert "crashes (SIGSEGV)" in page and "torch ==2.13.0" in page and "not exercised" in page
+        assert "exits -11, 3 of 3 runs" in page, "the evidence must be on the page"
