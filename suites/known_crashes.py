@@ -44,10 +44,11 @@ import tensorflow as tf
 import keras
 layer = keras.layers.Conv1D(4, 5, dilation_rate=3, groups=2, padding="causal", dtype="float64")
 x = tf.constant(np.ones((2, 8, 2)), tf.float64)
-with tf.GradientTape() as tape:
-    tape.watch(x)
-    y = layer(x)
-tape.gradient(y, [x, *layer.trainable_variables])
+for _ in range(20):  # heap corruption: glibc notices it after 2 of 3 single gradients, after 20 every time seen
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+    tape.gradient(y, [x, *layer.trainable_variables])
 """
 
 
