@@ -26,7 +26,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from adapters.spec import LayerSpec
-from suites.bounds import bound_ratio
+from suites.bounds import UNIT_ROUNDOFF, bound_ratio
 from suites.known_crashes import (TF_GROUPED_DILATED_ABORT_SCRIPT, TORCH_BF16_ONEDNN_SCRIPT, KnownCrash,
                                   installed_version, torch_bf16_onednn_crash)
 
@@ -246,8 +246,15 @@ def _validate(divergences: Sequence[Divergence]) -> None:
                                  f"write e.g. '==2.13.0' or '>=2.12,<2.14'") from None
         if (d.kind == "exception") != (d.raises is not None):
             raise ValueError(f"divergence {d.id}: give `raises` exactly when kind is 'exception'")
+        if d.kind == "exception" and set(d.checks) != {"gradient"}:
+            raise ValueError(f"divergence {d.id}: an exception divergence is asserted in the gradient check only "
+                             f"(checks=('gradient',)); got checks={d.checks}")
+        if d.ceiling.dtype is not None and d.ceiling.dtype not in UNIT_ROUNDOFF:
+            raise ValueError(f"divergence {d.id}: ceiling dtype {d.ceiling.dtype!r} has no unit roundoff; use one "
+                             f"of {sorted(UNIT_ROUNDOFF)}")
         if (d.kind == "crash") != (d.script is not None):
-            raise ValueError(f"divergence {d.id}: give `script` (a standalone reproduction) exactly when kind is 'crash'")
+            raise ValueError(f"divergence {d.id}: give `script` (a standalone reproduction) exactly when kind is "
+                             f"'crash'")
 
 
 _validate(DIVERGENCES)

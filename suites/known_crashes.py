@@ -68,7 +68,8 @@ def torch_bf16_onednn_crash(spec: LayerSpec, dtype: str, shape: Sequence[int]) -
     adapter hands anything else to F.pad, which gives oneDNN real zeros); and a spatial axis with
     stride >= 2 and dilation >= 2 whose output positions, two or more, all read only that padding.
     """
-    if dtype != "bfloat16" or spec.kind != "conv" or spec.padding_mode != "zeros" or not isinstance(spec.padding, tuple):
+    if dtype != "bfloat16" or spec.kind != "conv" or spec.padding_mode != "zeros" \
+            or not isinstance(spec.padding, tuple):
         return False
     spatial = tuple(shape[1:-1])
     if spec.in_features == 1 and all(n == 1 for n in spatial):
@@ -119,10 +120,10 @@ def describe_exit(returncode: int, stderr: str = "") -> str:
     if returncode == 0:
         return "no crash"
     last = (stderr.strip().splitlines() or ["no output"])[-1]
-    return f"no crash: the script failed with exit status {returncode} ({last[:200]})"
+    return f"not checked: the script failed with exit status {returncode} ({last[:200]})"
 
 
-_NICE = "import os\ntry:\n    os.nice(10)  # the re-check yields the cores to the tests it runs beside\nexcept OSError:\n    pass\n"
+_NICE = "import os\ntry:\n    os.nice(10)\nexcept OSError:\n    pass\n"  # the child yields the cores to the tests
 
 
 def _child_environment() -> dict[str, str]:

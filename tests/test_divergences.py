@@ -300,7 +300,7 @@ def test_recheck_reports_what_the_child_did(script, expected):
 def test_recheck_names_what_it_could_not_check():
     assert recheck(_crash("x = 1", ("no-such-package-xyz",))) == "not checked: no-such-package-xyz not installed"
     assert recheck(_crash("import time; time.sleep(5)"), timeout=0.5).startswith("timed out")
-    assert recheck(_crash("raise SystemExit(3)")).startswith("no crash: the script failed with exit status 3")
+    assert recheck(_crash("raise SystemExit(3)")).startswith("not checked: the script failed with exit status 3")
 
 
 def test_recheck_runs_in_the_background_and_reports_unfinished_ones():
@@ -348,3 +348,15 @@ def test_report_md_and_html_list_every_divergence(versions):
             assert divergence.id in page, f"{divergence.id} missing from the page"
         assert "crashes (SIGSEGV)" in page and "torch ==2.13.0" in page and "not exercised" in page
         assert "exits -11, 3 of 3 runs" in page, "the evidence must be on the page"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"versions": {}}, "name the versions it was observed in"),
+    ({"versions": {"torch": "2.13"}}, "is not a version specifier"),
+    ({"kind": "exception"}, "give `raises` exactly when kind is 'exception'"),
+    ({"ceiling": Ceiling("x", dtype="float8")}, "has no unit roundoff"),
+])
+def test_malformed_divergences_are_rejected(changes, message):
+    bad = dataclasses.replace(by_id("keras-torch-float64-matmul"), **changes)
+    with pytest.raises(ValueError, match=message):
+        divergences._validate((bad,))
