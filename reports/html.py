@@ -195,6 +195,8 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
                    for s, c in counts.items()],
         "total": sum(counts.values()),
         "has_failures": bool(counts.get("failed") or counts.get("error")),
+        "any_passed": bool(counts.get("passed")),
+        "incomplete_reason": (report.get("incomplete") or {}).get("reason"),
         "matrix": matrix,
         "legend": [{"status": s, "icon": i, "status_class": status_class(s)} for s, i in STATUS_ICON.items()],
         "failures": failures,

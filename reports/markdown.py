@@ -353,12 +353,14 @@ def _headline(report: dict[str, Any]) -> list[str]:
     if complete is True:
         state = "**Complete run**"
     elif complete is False:
-        state = ("⚠️ **Incomplete run**: not every test finished; missing results are not failures, "
-                 "re-run to get them")
+        why = (report.get("incomplete") or {}).get("reason")
+        state = ("⚠️ **Incomplete run**: not every test produced a result"
+                 + (f" ({why})" if why else "") + "; a missing result is no verdict, re-run to get it")
     else:
         state = "**Completeness unknown** (the report does not say)"
-    verdict = ("**Some checks failed.**" if counts.get("failed") or counts.get("error")
-               else "All checks that ran passed." if total else "No results recorded.")
+    verdict = ("**Some checks failed or crashed.**" if counts.get("failed") or counts.get("error")
+               else "All checks that ran passed." if counts.get("passed")
+               else "No check was judged: only measurements and skips." if total else "No results recorded.")
     lines = [state, "", f"{total} results: {parts}", "", verdict]
     created = report.get("created")
     if created is not None:

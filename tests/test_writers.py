@@ -392,3 +392,16 @@ def test_markdown_renders_safely_as_commonmark_tables():
     rows = re.findall(r"<tr>(.*?)</tr>", matrix, flags=re.S)
     widths = {len(re.findall(r"<t[hd][ >]", row)) for row in rows}
     assert widths == {7}, widths
+
+
+def test_headlines_never_call_measurements_a_pass_and_say_why_a_run_is_incomplete():
+    report = synthetic_report()
+    report["results"] = [dict(r, status="measured") for r in report["results"] if r["status"] == "passed"][:2]
+    report["summary"] = {"passed": 0, "failed": 0, "skipped": 0, "error": 0, "measured": 2}
+    report["complete"] = False
+    report["incomplete"] = {"reason": "keras-jax: wrote no report (pytest killed by SIGSEGV)", "missing": []}
+    md, page = render_markdown(report), render_html(report)
+    for text in (md, page):
+        assert "No check was judged: only measurements and skips." in text
+        assert "All checks that ran passed" not in text
+        assert "keras-jax: wrote no report (pytest killed by SIGSEGV)" in text
