@@ -1,18 +1,29 @@
 """An interrupted run (SIGTERM or SIGINT during the suite) leaves a valid, partial report.
 
 A tiny conformance module runs in a real pytest process (signals need one): three quick tests, then
-one that writes a marker file and sleeps. Once the marker is there, the signal goes in; the report
-must load, say `complete: false`, and hold exactly the rows finished before it, with their statuses.
-The same through `conformance run`, which passes the signal on to its pytest child.
+two that block until they are interrupted (the first writes a marker file when it starts). Once the
+marker is there and the process that writes the report has taken the three quick tests' results (a
+conftest notes each one it takes), the signal goes in; the report must load, say `complete: false`,
+and hold exactly the rows finished before it, with their statuses. The same through `conformance
+run`, which passes the signal on to its pytest child.
+
+These tests wait on events (a file appearing, a result taken), never for a fixed time, so a busy
+machine only makes them slower. Their deadlines only catch a hang: a generous ceiling for reaching the
+slow test, and for stopping a floor plus a multiple of the start-up time measured in the same test.
+The children start with the default dispositions of SIGINT and SIGTERM, as from a terminal: a process
+started with a signal ignored (a background job of a script, `nohup`) keeps ignoring it, and by design
+the plugin does not override that (see test_handlers_installed_for_the_run_and_restored).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -38,6 +49,18 @@ def fill(record, claim):
                    "max_bound_ratio": 0.25, "reason": None})
 
 
+def block():
+    """Until interrupted (INTERRUPT_BLOCK=0: return at once). Notes a report that appears meanwhile."""
+    if os.environ.get("INTERRUPT_BLOCK") == "0":
+        return
+    sent, report = Path(os.environ["INTERRUPT_SENT"]), Path(os.environ["INTERRUPT_REPORT"])
+    seen = Path(os.environ["INTERRUPT_REPORT_SEEN"])
+    while True:
+        if sent.exists() and report.exists() and not seen.exists():
+            seen.write_text("the report was on disk while this test still ran")
+        time.sleep(0.05)
+
+
 def test_a_ok(conformance_record):
     fill(conformance_record, "ok-claim")
 
@@ -55,61 +78,131 @@ def test_c_skip(conformance_record):
 def test_d_slow(conformance_record):
     fill(conformance_record, "slow-claim")
     Path(os.environ["INTERRUPT_MARKER"]).write_text("started")
-    time.sleep(60)
+    block()
 
 
-def test_e_never(conformance_record):
-    fill(conformance_record, "never-claim")
+def test_e_late(conformance_record):  # never starts in one process; under xdist it may, and blocks too
+    fill(conformance_record, "late-claim")
+    block()
+'''
+
+# Notes, in the process that writes the report (the xdist controller, or the only process), each test
+# whose results it has taken: what the test waits for before it sends the signal.
+CONFTEST = '''
+import os
+
+WORKER = False
+
+
+def pytest_configure(config):
+    global WORKER
+    WORKER = hasattr(config, "workerinput")
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown" and not WORKER:
+        with open(os.environ["INTERRUPT_TAKEN"], "a", encoding="utf-8") as handle:
+            handle.write(report.nodeid.split("::")[-1] + "\\n")
 '''
 FINISHED = {"test_a_ok": "passed", "test_b_bad": "failed", "test_c_skip": "skipped"}
-TIMEOUT = 120  # start-up included; the runs take a few seconds
+
+# Deadlines that only catch a hang. Normally a child reaches the slow test in 1-5 s and stops in under 1 s
+# (under xdist about 5 s: the worker stuck in the slow test is interrupted by execnet after 5 s, and xdist
+# kills it after 10 s); a busy machine stretches both alike.
+START_LIMIT_S = 300  # start-up to the slow test; also the whole uninterrupted control run
+STOP_FLOOR_S = 90  # stopping after the signal: this, plus
+STOP_PER_START = 5  # this many times the start-up time measured in the same test
+
+# Run first in a child: the default dispositions of SIGINT and SIGTERM (an ignored signal would stay
+# ignored across exec, and Python then installs no KeyboardInterrupt handler), then exec the real command.
+_DEFAULT_SIGNALS = ("import os, signal, sys\n"
+                    "for s in (signal.SIGINT, signal.SIGTERM):\n"
+                    "    signal.signal(s, signal.SIG_DFL)\n"
+                    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n")
 
 
-def _environment(marker: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
-    env["INTERRUPT_MARKER"] = str(marker)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+def _python(*args: str) -> list[str]:
+    """A command running Python with `args`, started with default signal dispositions."""
+    return [sys.executable, "-c", _DEFAULT_SIGNALS, *args]
 
 
-def _wait_until(ready, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
+class Files:
+    """The sample module, its conftest and the files the child and the test signal each other with."""
+
+    def __init__(self, folder: Path, report: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.module = folder / "test_sample.py"
+        self.module.write_text(SAMPLE)
+        (folder / "conftest.py").write_text(CONFTEST)
+        self.folder, self.report = folder, report
+        self.marker, self.taken = folder / "started", folder / "taken.txt"
+        self.sent, self.report_seen = folder / "signal-sent", folder / "report-seen.txt"
+
+    def environment(self, block: bool = True) -> dict[str, str]:
+        """The test's environment, less what would steer the child: pytest options, xdist and harness settings."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PYTEST_ADDOPTS", "PYTEST_XDIST", "PYTEST_CURRENT_TEST", "CONFORMANCE_"))}
+        env.update(INTERRUPT_MARKER=str(self.marker), INTERRUPT_TAKEN=str(self.taken), INTERRUPT_SENT=str(self.sent),
+                   INTERRUPT_REPORT=str(self.report), INTERRUPT_REPORT_SEEN=str(self.report_seen),
+                   INTERRUPT_BLOCK="1" if block else "0")
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        return env
+
+    def ready(self) -> bool:
+        """The slow test runs, and the quick tests' results were taken by the process writing the report."""
+        taken = set(self.taken.read_text().split()) if self.taken.exists() else set()
+        return self.marker.exists() and set(FINISHED) <= taken
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else "(no output)"
+
+
+@contextlib.contextmanager
+def _child(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """The command in its own process group, output to `log`; whatever of the group is left is killed after."""
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_until(ready: Callable[[], bool], process: subprocess.Popen, log: Path) -> float:
+    """Seconds until `ready()`; fails if the process ends first or START_LIMIT_S passes."""
+    start = time.monotonic()
     while not ready():
         if process.poll() is not None:
-            pytest.fail(f"the run ended (exit {process.returncode}) before the slow test started:\n"
-                        + log.read_text(errors="replace")[-3000:])
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the slow test did not start in time:\n" + log.read_text(errors="replace")[-3000:])
+            pytest.fail(f"the run ended (exit {process.returncode}) before the slow test started:\n" + _tail(log))
+        if time.monotonic() - start > START_LIMIT_S:
+            pytest.fail(f"the slow test did not start within {START_LIMIT_S} s:\n" + _tail(log))
         time.sleep(0.02)
+    return time.monotonic() - start
 
 
-class Stopped(int):
-    """The exit status, with when the process ended and when the report first appeared (monotonic)."""
-
-    stopped: float
-    written: float | None
-
-
-def _stop(process: subprocess.Popen, signum: int, twice: bool, group: bool = False,
-          report: Path | None = None) -> Stopped:
+def _stop(process: subprocess.Popen, signum: int, started_in: float, files: Files, log: Path,
+          twice: bool = False, group: bool = False) -> int:
+    """Sends the signal (twice: two copies at once), waits for the process to end; its exit status."""
     send = (lambda: os.killpg(process.pid, signum)) if group else (lambda: process.send_signal(signum))
-    if report is not None:
-        report.unlink(missing_ok=True)
+    files.report.unlink(missing_ok=True)
+    files.sent.write_text("")
+    first = time.monotonic()
     send()
     if twice:  # a second copy at once, as from a terminal's Ctrl-C plus a forwarding parent
         send()
-    written, deadline = None, time.monotonic() + 30
-    while process.poll() is None:
-        if written is None and report is not None and report.exists():
-            written = time.monotonic()
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the run did not stop after the signal")
-        time.sleep(0.02)
-    result = Stopped(process.returncode)
-    result.stopped, result.written = time.monotonic(), written
-    return result
+        gap = time.monotonic() - first
+        assert gap < SignalGuard.DUPLICATE_WINDOW / 2, f"the test itself was stalled {gap:.1f} s between the copies"
+    limit = STOP_FLOOR_S + STOP_PER_START * started_in
+    try:
+        return process.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        pass
+    pytest.fail(f"the run did not stop within {limit:.0f} s of the signal (it started in {started_in:.1f} s):\n"
+                + _tail(log))
 
 
 def _rows(report: dict) -> dict[str, str]:
@@ -125,45 +218,38 @@ def _rows(report: dict) -> dict[str, str]:
 def test_interrupted_pytest_writes_a_partial_report(tmp_path, signum, twice, workers):
     if workers:
         pytest.importorskip("xdist")
-    (tmp_path / "test_sample.py").write_text(SAMPLE)
-    marker, log, report_path = tmp_path / "started", tmp_path / "pytest.log", tmp_path / "out" / "report.json"
-    command = [sys.executable, "-u", "-m", "pytest", "test_sample.py", "-v", "-p", "reports.plugin",
-               "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--conformance-report", str(report_path)]
+    files = Files(tmp_path, tmp_path / "out" / "report.json")
+    log = tmp_path / "pytest.log"
+    command = _python("-u", "-m", "pytest", "test_sample.py", "-v", "-p", "reports.plugin", "-p", "no:cacheprovider",
+                      "--rootdir", str(tmp_path), "--conformance-report", str(files.report))
     if workers:
         command += ["-n", str(workers)]
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(command, cwd=tmp_path, env=_environment(marker), stdout=handle,
-                                   stderr=subprocess.STDOUT)
-        if workers:  # the controller must have taken the reports the worker sent before the slow test
-            _wait_until(lambda: marker.exists() and "test_c_skip" in log.read_text(errors="replace"), process, log)
-        else:  # in one process, a test's report is taken before the next test starts
-            _wait_until(marker.exists, process, log)
-        sent = time.monotonic()
-        code = _stop(process, signum, twice, report=report_path)
+    with _child(command, tmp_path, files.environment(), log) as process:
+        started_in = _wait_until(files.ready, process, log)
+        code = _stop(process, signum, started_in, files, log, twice=twice)
     output = log.read_text(errors="replace")
-    if workers and code.stopped - sent > 2:  # xdist waits for the busy worker: the report is on disk first
-        assert code.written is not None and code.stopped - code.written > 1, (sent, code.written, code.stopped)
     assert code == pytest.ExitCode.INTERRUPTED, output[-3000:]
-    report = load_report(report_path)
+    report = load_report(files.report)
     assert report["complete"] is False
     assert _rows(report) == FINISHED, output[-3000:]
     assert report["summary"] == {"passed": 1, "failed": 1, "skipped": 1, "error": 0}
     assert "planted failure" in next(r["reason"] for r in report["results"] if r["claim"] == "bad-claim")
     assert "conformance: 1 passed, 1 failed, 1 skipped" in output
+    if workers:  # xdist waits for the busy worker before it ends it: the report must be on disk before that
+        assert files.report_seen.exists(), "the report was written only after the busy worker was stopped"
 
 
 def test_a_finished_run_is_complete(tmp_path):
-    """The control: without a signal the same module (slow test made quick) gives complete: true."""
-    (tmp_path / "test_sample.py").write_text(SAMPLE.replace("time.sleep(60)", "pass"))
-    report_path = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, "-m", "pytest", "test_sample.py", "-p", "reports.plugin",
-                           "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--conformance-report",
-                           str(report_path)], cwd=tmp_path, env=_environment(tmp_path / "m"),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    """The control: without a signal the same module (blocking tests made quick) gives complete: true."""
+    files = Files(tmp_path, tmp_path / "report.json")
+    done = subprocess.run(_python("-m", "pytest", "test_sample.py", "-p", "reports.plugin", "-p", "no:cacheprovider",
+                                  "--rootdir", str(tmp_path), "--conformance-report", str(files.report)),
+                          cwd=tmp_path, env=files.environment(block=False), capture_output=True, text=True,
+                          timeout=START_LIMIT_S)
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout[-3000:]
-    report = load_report(report_path)
+    report = load_report(files.report)
     assert report["complete"] is True
-    assert _rows(report) == {**FINISHED, "test_d_slow": "passed", "test_e_never": "passed"}
+    assert _rows(report) == {**FINISHED, "test_d_slow": "passed", "test_e_late": "passed"}
 
 
 def test_handlers_installed_for_the_run_and_restored(pytester):
@@ -242,29 +328,30 @@ sys.exit(cli.main(sys.argv[3:]))
 @pytest.mark.parametrize("signum, group", [
     pytest.param(signal.SIGTERM, False, id="SIGTERM-to-run"),
     pytest.param(signal.SIGINT, False, id="SIGINT-to-run"),
-    pytest.param(signal.SIGINT, True, id="SIGINT-to-group"),  # a terminal's Ctrl-C reaches both processes
+    pytest.param(signal.SIGINT, True, id="SIGINT-to-group"),  # a terminal's Ctrl-C reaches every process
 ])
 def test_conformance_run_forwards_the_signal_and_writes_the_partial_report(tmp_path, signum, group):
-    (tmp_path / "suite").mkdir()
-    module = tmp_path / "suite" / "test_sample.py"
-    module.write_text(SAMPLE)
+    """`conformance run` as it runs by default (its own number of xdist workers), on the sample module."""
+    out = tmp_path / "out"
+    files = Files(tmp_path / "suite", out / "shards" / "report-keras-tensorflow.json")
     (tmp_path / "driver.py").write_text(DRIVER)
-    marker, log, out = tmp_path / "started", tmp_path / "run.log", tmp_path / "out"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-u", str(tmp_path / "driver.py"), str(module), str(tmp_path / "suite"),
-             "run", "--out", str(out), "--keras-backends", "tensorflow,jax", "--no-speed"],
-            cwd=tmp_path, env=_environment(marker), stdout=handle, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        _wait_until(marker.exists, process, log)
-        code = _stop(process, signum, twice=False, group=group)
+    log = tmp_path / "run.log"
+
+    def outputs() -> str:  # the run's own output, then its pytest children's logs
+        return "\n".join(_tail(path) for path in [log, *sorted((out / "shards").glob("*.log"))])
+
+    command = _python("-u", str(tmp_path / "driver.py"), str(files.module), str(files.folder),
+                      "run", "--out", str(out), "--keras-backends", "tensorflow,jax", "--no-speed")
+    with _child(command, tmp_path, files.environment(), log) as process:
+        started_in = _wait_until(files.ready, process, log)
+        code = _stop(process, signum, started_in, files, log, group=group)
     output = log.read_text(errors="replace")
-    assert code == 128 + signum, output[-3000:]
+    assert code == 128 + signum, outputs()
     assert "KERAS_BACKEND=jax" not in output  # no further backend started after the signal
     report = load_report(out / "report.json")
     assert report["complete"] is False
-    assert _rows(report) == FINISHED, output[-3000:]
-    assert load_report(out / "shards" / "report-keras-tensorflow.json")["complete"] is False
+    assert _rows(report) == FINISHED, outputs()
+    assert load_report(files.report)["complete"] is False
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert f"interrupted by {signal.Signals(signum).name}" in output
     assert "Traceback" not in output
