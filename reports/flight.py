@@ -65,6 +65,7 @@ class Recorder:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.timeout_s = timeout_s
         self.test: dict[str, Any] = {}
+        self.owner: Any = None  # the pytest config that started it
         self.fault: IO[str] = open(self.folder / "fault.txt", "w", encoding="utf-8")  # noqa: SIM115 (kept open)
         self._test_fd = os.open(self.folder / "test.json", os.O_RDWR | os.O_CREAT, 0o644)
         self._call_fd = os.open(self.folder / "call.bin", os.O_RDWR | os.O_CREAT, 0o644)
@@ -120,18 +121,31 @@ class Recorder:
 _RECORDER: Recorder | None = None
 
 
-def start(folder: str | os.PathLike[str], timeout_s: float | None) -> Recorder:
-    """Start recording in this process (an xdist worker) and observe every adapter call."""
+def start(folder: str | os.PathLike[str], timeout_s: float | None, owner: Any) -> Recorder:
+    """Start recording in this process (an xdist worker) for the pytest config `owner`; observe every adapter call."""
     global _RECORDER
     from adapters.base import set_call_observer
 
     _RECORDER = Recorder(Path(folder), timeout_s)
+    _RECORDER.owner = owner
     set_call_observer(_RECORDER.call)
     return _RECORDER
 
 
-def recorder() -> Recorder | None:
-    return _RECORDER
+def recorder(config: Any) -> Recorder | None:
+    """This process's recorder, if `config` is the session that started it (a nested in-process pytest
+    session, as pytester runs, must neither move the worker's record nor close it)."""
+    return _RECORDER if _RECORDER is not None and _RECORDER.owner is config else None
+
+
+def stop(config: Any) -> None:
+    global _RECORDER
+    if recorder(config) is not None:
+        from adapters.base import set_call_observer
+
+        set_call_observer(None)
+        _RECORDER.close()
+        _RECORDER = None
 
 
 def parse_timeout(value: str | None) -> float | None:

@@ -67,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.maxworkerrestart = str(MAX_WORKER_RESTARTS)  # read by xdist's DSession (configured last)
     workerinput = getattr(config, "workerinput", None)
     if workerinput and workerinput.get("conformance_flight"):
-        flight.start(workerinput["conformance_flight"], timeout_seconds(config))
+        flight.start(workerinput["conformance_flight"], timeout_seconds(config), owner=config)
     plugin = ConformancePlugin(config)
     config.stash[_PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "conformance-report")
@@ -83,15 +83,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if plugin is not None:
         plugin.signals.restore()
         plugin.close()
-    recorder = flight.recorder()
-    if recorder is not None:
-        recorder.close()
+    flight.stop(config)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """In a worker with a flight recorder: the test is noted (and the hang watchdog armed) while it runs."""
-    recorder = flight.recorder()
+    recorder = flight.recorder(item.config)
     if recorder is not None:
         recorder.begin(item.nodeid)
     try:

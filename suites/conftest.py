@@ -165,7 +165,7 @@ def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -
                          counterexamples=counterexample_folder(request.config),
                          geometries=configured_pool_size(request.config.getoption("--conformance-geometries")))
     freeze_imports()  # the row's frameworks are imported now (the runner asked each whether it runs)
-    recorder = flight.recorder()
+    recorder = flight.recorder(request.config)
     if recorder is not None:  # an xdist worker: a crash from here on is reported with this row's facts
         recorder.describe(conformance_record)
     yield runner
