@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--in-place", action="store_true",
                         help="run in this checkout instead of a fresh clone (uncommitted changes included)")
+    parser.add_argument("--keep", metavar="DIR", help="copy the run's output folder (reports, logs) to DIR")
     parser.add_argument("run_args", nargs=argparse.REMAINDER, help="arguments for `conformance run` after --")
     args = parser.parse_args(argv)
     extra = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
@@ -51,11 +53,27 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.monotonic() - started
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+        if args.keep:
+            shutil.copytree(out, args.keep, dirs_exist_ok=True)
     minutes, secs = divmod(int(seconds), 60)
     counts = ", ".join(f"{n} {k}" for k, n in report.get("summary", {}).items() if n) or "no report"
     print(f"first run: {minutes}:{secs:02d} wall ({seconds:.0f} s), exit status {code}, {counts}, "
           f"complete={report.get('complete')}, largest process peak RSS {peak:.0f} MiB")
+    print_breakdown(report)
     return 0
+
+
+def print_breakdown(report: dict) -> None:
+    """Test time (summed over both workers) per part and check: where a run's time goes."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for row in report.get("results", []):
+        part = f"keras-{row.get('keras_backend') or '-'}"
+        entry = totals.setdefault((part, str(row.get("check"))), [0.0, 0])
+        entry[0] += float(row.get("duration") or 0.0)
+        entry[1] += 1
+    print("test time by part and check (seconds summed over workers; tests):")
+    for (part, check), (seconds, tests) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {part:<18} {check:<9} {seconds:8.1f} s  {tests:4d} tests")
 
 
 if __name__ == "__main__":

@@ -87,14 +87,20 @@ def test_spec_from_json_refuses_an_unknown_field() -> None:
 
 # ---- conformance repro re-runs the saved padding mode ---------------------------------------------
 
-def _example(claim_id: str, dims: dict[str, Any], frameworks: set[str] | None = None) -> tuple[Any, Case]:
+def _inputs(claim_id: str, dims: dict[str, Any], seed: int) -> tuple[Any, np.ndarray, dict[str, np.ndarray]]:
+    """The claim, a float32 input and weights for `dims`, drawn from `seed`."""
     claim = CLAIMS_BY_ID[claim_id]
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     x = random_array(rng, claim.input_shape(dims), "normal", "float32")
     base = claim.variants[0].spec(dims)
     weights = {"kernel": random_array(rng, base.kernel_shape(), "normal", "float32")}
     if base.bias:
         weights["bias"] = random_array(rng, (base.out_features,), "normal", "float32")
+    return claim, x, weights
+
+
+def _example(claim_id: str, dims: dict[str, Any], frameworks: set[str] | None = None) -> tuple[Any, Case]:
+    claim, x, weights = _inputs(claim_id, dims, seed=3)
     case = Case(claim, "float32", "cpu")
     variants = [v for v in claim.variants if frameworks is None or v.framework in frameworks]
     return evaluate_example(case, dims, x, weights, variants), case
@@ -194,13 +200,7 @@ def _planted(claim_id: str, dims: dict[str, Any], frameworks: tuple[str, ...]) -
     Built from the float64 reference alone (observed = reference): a script never reads the observed
     output, so no framework layer needs building or compiling here.
     """
-    claim = CLAIMS_BY_ID[claim_id]
-    rng = np.random.default_rng(5)
-    x = random_array(rng, claim.input_shape(dims), "normal", "float32")
-    base = claim.variants[0].spec(dims)
-    weights = {"kernel": random_array(rng, base.kernel_shape(), "normal", "float32")}
-    if base.bias:
-        weights["bias"] = random_array(rng, (base.out_features,), "normal", "float32")
+    claim, x, weights = _inputs(claim_id, dims, seed=5)
     case = Case(claim, "float32", "cpu")
     outcome = ExampleOutcome(case, dims, x, weights)
     for variant in claim.variants:
