@@ -97,13 +97,15 @@ REPORT_EXPECTED = {  # (problem, fix) as they must appear in the line
     "empty file": ("the file is empty", "re-run the suite"),
     "no results": ("holds no results", "re-run the suite"),
 }
+_SCHEMA_BASE, _SCHEMA_VERSION = COUNTEREXAMPLE_SCHEMA.rsplit("/v", 1)
+_NEWER_COUNTEREXAMPLE = f"{_SCHEMA_BASE}/v{int(_SCHEMA_VERSION) + 1}"  # one this version cannot read
 NPZ_FILES: dict[str, Callable[[Path], Path]] = {
     "missing file": lambda tmp: tmp / "missing.npz",
     "directory": lambda tmp: (tmp / "a-dir").mkdir() or tmp / "a-dir",
     "non-JSON": lambda tmp: _text(tmp / "text.npz", "hello, world\n"),
     "truncated": lambda tmp: _text(tmp / "cut.npz", _counterexample(tmp / "whole.npz").read_bytes()[:200]),
     "wrong schema version": lambda tmp: _counterexample(tmp / "v0.npz", schema=COUNTEREXAMPLE_SCHEMA[:-1] + "0"),
-    "newer schema": lambda tmp: _counterexample(tmp / "v2.npz", schema=COUNTEREXAMPLE_SCHEMA[:-1] + "2"),
+    "newer schema": lambda tmp: _counterexample(tmp / "newer.npz", schema=_NEWER_COUNTEREXAMPLE),
     "empty file": lambda tmp: _text(tmp / "empty.npz", ""),
     "no results": lambda tmp: _counterexample(tmp / "novariants.npz", variants=False),
 }
