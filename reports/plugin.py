@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
-import tempfile
 import platform
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -243,7 +243,6 @@ class ConformancePlugin:
         self.sections: dict[str, Any] = {}  # extra top-level sections of the report (add_report_section)
         self.expected: set[str] = set()  # every selected test (collection), to tell what produced no result
         self.finished: dict[str, str] = {}  # nodeid -> worst status of its reports so far
-        self.crashed: list[str] = []
         self.flight_dir: Path | None = None
         self.progress = open(config.getoption("--conformance-progress"), "a", encoding="utf-8") \
             if config.getoption("--conformance-progress") and not self.is_worker else None  # noqa: SIM115
@@ -425,7 +424,6 @@ class _XdistHooks:
         plugin = self.plugin
         row = flight.describe_crash(plugin.flight_folder(), crashitem, _exit_status(getattr(report, "node", None)),
                                     timeout_seconds(plugin.config), counterexample_folder(plugin.config))
-        plugin.crashed.append(crashitem)
         report.longrepr = row["reason"]
         report.user_properties = [*getattr(report, "user_properties", []), (RECORD, row)]
 
