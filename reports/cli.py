@@ -318,12 +318,9 @@ def run(argv: list[str]) -> int:
 
 
 def _describe_code(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
+    from reports.flight import signal_name
+
+    return f"killed by {signal_name(-code)}" if code < 0 else f"exit status {code}"
 
 
 def _tail(path: Path, lines: int = 20) -> str:

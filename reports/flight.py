@@ -179,6 +179,14 @@ def find(folder: Path, nodeid: str) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def signal_name(signum: int) -> str:
+    """`SIGSEGV` for 11 (a child's exit status -N is signal N); `signal N` for a number with no name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def cause(fault_text: str, returncode: int | None, timeout_s: float | None) -> tuple[str, str]:
     """(short name, sentence) of what ended the process: a fatal signal, the hang watchdog, or a kill."""
     if re.search(r"^Timeout \(", fault_text, re.M):
@@ -188,10 +196,7 @@ def cause(fault_text: str, returncode: int | None, timeout_s: float | None) -> t
         name = _FATAL[match.group(1).strip()]
         return name, f"the process died with {name} ({match.group(1).strip()})"
     if returncode is not None and returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
+        name = signal_name(-returncode)
         extra = " (SIGKILL: the kernel's OOM killer, or someone, killed it)" if name == "SIGKILL" else ""
         return name, f"the process died with {name}{extra}"
     code = "unknown" if returncode is None else str(returncode)
@@ -361,7 +366,7 @@ def repro_crash(npz: Path, meta: dict[str, Any]) -> int:
         print(f"conformance repro: the crash reproduces: the call hung past {timeout:g} s")
         return 1
     if code < 0:
-        print(f"conformance repro: the crash reproduces: the call died with {signal.Signals(-code).name}")
+        print(f"conformance repro: the crash reproduces: the call died with {signal_name(-code)}")
         return 1
     if code != 0:
         print(f"conformance repro: the call failed again (exit status {code}); see its output above")

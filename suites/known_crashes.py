@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any, Sequence
 
 from adapters.base import package_version
 from adapters.spec import LayerSpec
+from reports.flight import signal_name
 
 RECHECK_TIMEOUT = 240.0  # seconds per script: a TensorFlow import alone takes 25 s on a busy 2-core machine
 
@@ -113,10 +113,7 @@ def recheck(crash: KnownCrash, timeout: float = RECHECK_TIMEOUT) -> str:
 def describe_exit(returncode: int, stderr: str = "") -> str:
     """What a child's exit status says about a crash script."""
     if returncode < 0:
-        try:
-            return f"crashes ({signal.Signals(-returncode).name})"
-        except ValueError:
-            return f"crashes (signal {-returncode})"
+        return f"crashes ({signal_name(-returncode)})"
     if returncode == 0:
         return "no crash"
     last = (stderr.strip().splitlines() or ["no output"])[-1]
