@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Adapter, Layer, UnavailableAdapter
+from .base import Adapter, Layer, UnavailableAdapter, forget_built_layers
 from .spec import DTYPES, LayerSpec, SpecError, Weights
 
 # framework name -> (module, attribute, extra that installs it, class names)
@@ -47,10 +47,12 @@ def clear_programs() -> None:
     """Drop every compiled layer program (Flax, Keras on jax) of the frameworks imported so far.
 
     Programs trace the framework's ops once per geometry; after monkeypatching those ops in a live
-    process (a fault injected by suites.fault_plugin) they must be traced again.
+    process (a fault injected by suites.fault_plugin) they must be traced again. Built layers kept
+    for reuse go too.
     """
     import sys
 
+    forget_built_layers()
     for module_name in ("adapters.flax", "adapters.keras"):
         module = sys.modules.get(module_name)
         if module is not None:

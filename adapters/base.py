@@ -4,6 +4,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib.metadata
+import weakref
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -38,6 +39,49 @@ def calls_unobserved() -> Iterator[None]:
 def _observe(stage: str, layer: "Layer", **arrays: Any) -> None:
     if _OBSERVER is not None:
         _OBSERVER(stage, layer.adapter.name, layer.name, layer.spec, {**layer.given_weights, **arrays})
+
+
+class _Spares:
+    """Native objects of layers that are gone, kept for reuse by adapters whose build is slow.
+
+    Building a Keras layer on tensorflow or torch takes about 6 ms and assigning its weights about
+    0.4 ms, and the depth check alone builds thousands. A native is lent to one live `Layer` at a
+    time and comes back only once that Layer is garbage, so two live layers never share one.
+    """
+
+    PER_KEY = 4  # a depth stack keeps two of one geometry alive at once
+    MAX_KEYS = 256
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[Any, ...], list[Any]] = {}
+
+    def take(self, key: tuple[Any, ...]) -> Any:
+        free = self._free.get(key)
+        try:
+            return free.pop() if free else None
+        except IndexError:  # emptied by a give-back running inside this call (garbage collection)
+            return None
+
+    def lend(self, key: tuple[Any, ...], layer: "Layer") -> None:
+        weakref.finalize(layer, self._give_back, key, layer.native).atexit = False
+
+    def _give_back(self, key: tuple[Any, ...], native: Any) -> None:
+        if key not in self._free and len(self._free) >= self.MAX_KEYS:
+            self._free.clear()
+        free = self._free.setdefault(key, [])
+        if len(free) < self.PER_KEY:
+            free.append(native)
+
+    def clear(self) -> None:
+        self._free.clear()
+
+
+_SPARES = _Spares()
+
+
+def forget_built_layers() -> None:
+    """Build every later layer anew (after patching a framework in a live process, e.g. to plant a fault)."""
+    _SPARES.clear()
 
 
 def package_version(distribution: str) -> str | None:
@@ -103,6 +147,7 @@ class Adapter(abc.ABC):
     distributions: tuple[str, ...] = ()
     classes: Mapping[tuple[str, int], str] = {}  # (kind, rank) -> framework class name
     policies: tuple[str, ...] = ()  # mixed-precision dtype policies the framework has (Keras)
+    reuses_natives: bool = False  # True: `_rebuild` gives a dead layer's native new weights (see _Spares)
 
     def available(self) -> str | None:
         """None when importable, else the reason (names the framework and the install command)."""
@@ -155,12 +200,22 @@ class Adapter(abc.ABC):
         given = {k: canonical(v, dtype) for k, v in weights.items() if v is not None}
         if _OBSERVER is not None:
             _OBSERVER("build", self.name, f"{self.name}.{self.class_name(spec)}", spec, given)
-        layer = self._build(spec, given, dtype, device)
+        key = (self.name, spec, dtype, device)
+        native = _SPARES.take(key) if self.reuses_natives else None
+        layer = self._build(spec, given, dtype, device) if native is None else \
+            self._rebuild(native, spec, given, dtype, device)
+        if self.reuses_natives:
+            _SPARES.lend(key, layer)
         layer.given_weights = given
         return layer
 
     @abc.abstractmethod
     def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer: ...
+
+    def _rebuild(self, native: Any, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
+        """A layer around `native`, which a layer of this spec, dtype and device no longer uses, holding
+        exactly these weights: what `_build` returns, for less. Only called when `reuses_natives`."""
+        raise NotImplementedError(f"{self.name} builds every layer anew")
 
     @abc.abstractmethod
     def default_weights(self, spec: LayerSpec, seed: int) -> Weights:

@@ -268,6 +268,14 @@ class KerasJaxLayer(Layer):
         return {n: canonical(np.asarray(v).astype(np.float64), self.dtype) for n, v in zip(names, self._trainable)}
 
 
+def _assign(native: Any, spec: LayerSpec, weights: Weights, dtype: str) -> None:
+    """The canonical weights into a built layer's variables (float32 ones under a mixed policy)."""
+    variable = _variable(dtype)
+    native.kernel.assign(_to_tensor(_layout(weights["kernel"], "kernel", spec, True), variable))
+    if spec.bias:
+        native.bias.assign(_to_tensor(weights["bias"], variable))
+
+
 def clear_programs() -> None:
     """Forget the compiled layers (after patching the backend, e.g. to inject a fault, in a live process)."""
     _jax_program.cache_clear()
@@ -335,11 +343,19 @@ class KerasAdapter(Adapter):
         with keras.device(_keras_device(device)):
             layer = self._layer(spec, dtype)
             layer.build(self._input_shape(spec))
-            variable = _variable(dtype)
-            layer.kernel.assign(_to_tensor(_layout(weights["kernel"], "kernel", spec, True), variable))
-            if spec.bias:
-                layer.bias.assign(_to_tensor(weights["bias"], variable))
+            _assign(layer, spec, weights, dtype)
         return KerasLayer(self, spec, dtype, device, layer)
+
+    @property
+    def reuses_natives(self) -> bool:  # type: ignore[override]
+        """Eager backends build a layer in about 6 ms and assign its weights in 0.4 ms (the jax backend
+        shares one program per geometry already)."""
+        return BACKEND != "jax"
+
+    def _rebuild(self, native: Any, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
+        with keras.device(_keras_device(device)):
+            _assign(native, spec, weights, dtype)
+        return KerasLayer(self, spec, dtype, device, native)
 
     def default_weights(self, spec: LayerSpec, seed: int) -> Weights:
         keras.utils.set_random_seed(seed)

@@ -185,6 +185,38 @@ def test_layers_of_one_geometry_keep_their_own_weights(framework):
         np.testing.assert_allclose(b.forward(x), reference.forward(spec, x, second), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("spec, shape", [SPECS[0], SPECS[1]], ids=[SPECS[0][0].describe(), SPECS[1][0].describe()])
+def test_a_reused_native_computes_what_a_fresh_build_does(spec, shape, dtype):
+    """Keras on an eager backend gives a gone layer's native new weights instead of building anew:
+    the layer holds exactly its own weights and computes bit for bit what a fresh build computes,
+    and a native is never shared by two live layers."""
+    keras = adapter_or_skip("keras")
+    if not keras.reuses_natives:
+        pytest.skip("Keras on the jax backend shares one program per geometry and builds no native per layer")
+    rng = np.random.default_rng(3)
+    first, second = random_weights(spec, rng), random_weights(spec, rng)
+    x = rng.standard_normal(shape)
+    gone = keras.build(spec, first, dtype)
+    native = gone.native
+    del gone
+    layer = keras.build(spec, second, dtype)
+    assert layer.native is native  # reused
+    other = keras.build(spec, first, dtype)
+    assert other.native is not layer.native  # `layer` is alive: its native is not lent again
+    adapters.clear_programs()
+    fresh = keras.build(spec, second, dtype)
+    assert fresh.native is not native
+    for name, value in layer.weights().items():
+        np.testing.assert_array_equal(value, fresh.weights()[name])
+    np.testing.assert_array_equal(layer.forward(x), fresh.forward(x))
+    cotangent = rng.standard_normal(fresh.forward(x).shape)
+    (dx, dw), (fdx, fdw) = layer.vjp(x, cotangent), fresh.vjp(x, cotangent)
+    np.testing.assert_array_equal(dx, fdx)
+    for name in dw:
+        np.testing.assert_array_equal(dw[name], fdw[name])
+
+
 GROUPED = [
     (LayerSpec.conv(4, 6, 3, strides=2, padding="same", groups=2), (2, 9, 4)),
     (LayerSpec.conv(6, 3, 2, padding=((1, 0),), dilation=3, groups=3, bias=False), (3, 7, 6)),
