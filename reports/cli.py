@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from reports.cores import usable_cores
 from reports.schema import ReportError, load_report, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +141,7 @@ def _pytest_command(args: argparse.Namespace, shard: Path, backend: str | None, 
 
 def default_workers() -> int:
     """One xdist worker per core this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def progress_path(shard: Path) -> Path:

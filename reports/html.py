@@ -127,6 +127,7 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
     claims_meta = as_dict(report.get("claims"))
 
     claims = []
+    jobs: list[tuple[int, list[dict[str, Any]], str]] = []  # (index in claims, results, title): plots to draw
     for claim in claim_order(report):
         meta = as_dict(claims_meta.get(claim))
         own = [result for result in results if text(result.get("claim")) == claim]
@@ -146,9 +147,12 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
             "counts": [{"status": s, "count": c, "icon": status_icon(s), "status_class": status_class(s)}
                        for s, c in counts.items()],
             "results": own_views,
-            "plots": plots.claim_plots(own, title=f"{claim}: {text(title)}" if title is not None else claim)
-            if with_plots and own else {"histogram": None, "scatter": None, "depth": None, "speed": None, "errors": []},
+            "plots": {"histogram": None, "scatter": None, "depth": None, "speed": None, "errors": []},
         })
+        if with_plots and own:
+            jobs.append((len(claims) - 1, own, f"{claim}: {text(title)}" if title is not None else claim))
+    for (index, _, _), drawn in zip(jobs, plots.many_claim_plots([(own, title) for _, own, title in jobs])):
+        claims[index]["plots"] = drawn
 
     matrix = build_matrix(report)
     for row in matrix["rows"]:

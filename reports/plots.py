@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Any
+import os
+from typing import Any, Sequence
 
 DTYPE_COLOURS = {"float64": "tab:blue", "float32": "tab:orange", "float16": "tab:green", "bfloat16": "tab:red"}
 OTHER_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
@@ -348,3 +349,44 @@ def claim_plots(results: list[dict[str, Any]], title: str = "") -> dict[str, Any
         if png is not None:
             plots[name] = png_data_uri(png)
     return plots
+
+
+def _claim_plots_of(job: tuple[list[dict[str, Any]], str]) -> dict[str, Any]:
+    return claim_plots(*job)
+
+
+def _spawn_can_start() -> bool:
+    """A spawned process re-runs the main script: only when there is one on disk, or none at all."""
+    import sys
+
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main is None or os.path.isfile(main)
+
+
+def many_claim_plots(jobs: Sequence[tuple[list[dict[str, Any]], str]], workers: int | None = None) -> list[dict[str, Any]]:
+    """`claim_plots` for each (results, title), in that order, drawn in parallel processes.
+
+    A full report has about 60 plots at about 0.4 s each, the longest step of writing it: on two
+    cores it halves. Each process draws whole claims, so the bytes are the same as drawn in one.
+    Where processes cannot be started (a sandbox without semaphores, say) they are drawn here.
+    """
+    from reports.cores import usable_cores
+
+    workers = min(workers or usable_cores(), len(jobs))
+    if workers > 1 and _spawn_can_start():
+        import concurrent.futures
+
+        try:
+            return drawn_in_processes(jobs, workers)
+        except (OSError, ImportError, concurrent.futures.process.BrokenProcessPool):
+            pass
+    return [claim_plots(*job) for job in jobs]
+
+
+def drawn_in_processes(jobs: Sequence[tuple[list[dict[str, Any]], str]], workers: int) -> list[dict[str, Any]]:
+    import concurrent.futures
+    import multiprocessing
+
+    # spawn: a fresh interpreter, safe whatever threads this process runs; the jobs go by pickle
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_claim_plots_of, jobs))

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import pytest
 
 from reports import flight
+from reports.cores import usable_cores
 from reports.plugin import (REPORT_OPTION, add_report_section, counterexample_folder, record_environment,
                             recorded_results)
 from suites.catalog import CLAIMS
@@ -31,8 +32,7 @@ def worker_threads() -> int:
         if not value.isdigit() or int(value) < 1:
             raise pytest.UsageError(f"{THREADS_ENV}={value!r} is not a thread count; set a positive integer or unset it")
         return int(value)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    return max(1, usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 JAX_CACHE_ENV = "CONFORMANCE_JAX_CACHE"

@@ -14,7 +14,7 @@ import pytest
 
 from reports.html import render_html, safe_href, write_html
 from reports.markdown import md_code, md_escape, render_markdown, write_markdown, write_text_atomic
-from reports.plots import bound_ratio_histogram, claim_plots, error_vs_length
+from reports.plots import bound_ratio_histogram, claim_plots, drawn_in_processes, error_vs_length, many_claim_plots
 
 XSS = "<script>alert(1)</script>"
 BASIC_KEYS = ("nodeid", "claim", "relation", "check", "variants", "dtype", "device", "status", "examples",
@@ -367,6 +367,15 @@ def test_claim_plots_returns_data_uris():
     assert plots["errors"] == []
     assert plots["histogram"].startswith("data:image/png;base64,")
     assert plots["scatter"].startswith("data:image/png;base64,")
+
+
+def test_plots_drawn_in_parallel_processes_are_the_ones_drawn_here():
+    results = synthetic_report()["results"]
+    jobs = [(results[:2], "first"), (results[2:], "second"), (results[:1], "third")]
+    here = [claim_plots(own, title) for own, title in jobs]
+    assert drawn_in_processes(jobs, workers=2) == here  # no fallback: really drawn elsewhere
+    assert many_claim_plots(jobs, workers=2) == here
+    assert many_claim_plots(jobs, workers=1) == here
 
 
 def test_plots_module_does_not_import_matplotlib_at_import_time():
