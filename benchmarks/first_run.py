@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from reports.cores import usable_cores
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         code = subprocess.run(command, cwd=where, env=env).returncode
         seconds = time.monotonic() - started
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak = usage.ru_maxrss / 1024
+        cpu = usage.ru_utime + usage.ru_stime
         report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
         if args.keep:
             shutil.copytree(out, args.keep, dirs_exist_ok=True)
@@ -59,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = ", ".join(f"{n} {k}" for k, n in report.get("summary", {}).items() if n) or "no report"
     print(f"first run: {minutes}:{secs:02d} wall ({seconds:.0f} s), exit status {code}, {counts}, "
           f"complete={report.get('complete')}, largest process peak RSS {peak:.0f} MiB")
+    cores = usable_cores()
+    print(f"first run: {cpu:.0f} CPU seconds over {cores} cores, {cpu / (seconds * cores):.0%} busy "
+          f"(the rest is time when a core had nothing to run)")
     print_breakdown(report)
     return 0
 
