@@ -15,6 +15,7 @@ framework that crashes or hangs its process costs the one test it was in, which 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import signal
@@ -36,7 +37,9 @@ EXIT_FAILED = 1  # the report is complete, and a test failed or errored (a crash
 EXIT_USAGE = 2  # bad arguments, an unwritable output folder, or no report could be produced at all
 EXIT_INCOMPLETE = 3  # a report was written but lacks results: a part (Keras backend) or a test produced none
 SUMMARY_LINES = 5  # failures and crashes shown at the end; the rest are in the report files
-KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+# in the order the parts of a run are started: the first part runs every framework (see shard_frameworks), and
+# on jax Flax runs beside Keras once instead of twice (Flax's compilations are a sixth of a run's time)
+KERAS_BACKENDS = ("jax", "tensorflow", "torch")
 PROFILES = ("dev", "ci", "thorough", "debug")
 
 
@@ -95,17 +98,18 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# the frameworks a Keras backend runs on: Keras on it is compared directly with them
-NATIVE = {"tensorflow": (), "jax": ("flax.linen", "flax.nnx"), "torch": ("torch",)}
+# the frameworks Keras on a backend is compared with in the same examples when that backend is a later part:
+# the one it runs on (Flax for jax, torch for torch), and torch (cheap) for tensorflow, which has no layer
+# framework of its own here, so that every part's cross-framework claims keep a pair
+NATIVE = {"tensorflow": ("torch",), "jax": ("flax.linen", "flax.nnx"), "torch": ("torch",)}
 
 
 def shard_frameworks(selected: list[str] | None, backend: str | None, first: bool) -> list[str] | None:
     """Frameworks of one backend's pytest run (None: all).
 
     The first backend runs everything. A later one re-runs the Keras variants, and beside them only
-    the framework Keras runs on (Flax for jax, torch for torch), so that Keras-on-jax is compared with
-    Flax and Keras-on-torch with torch in the same examples; the other frameworks' results would be
-    the first run's over again.
+    its NATIVE frameworks, so that Keras-on-jax is compared with Flax and Keras-on-torch with torch
+    in the same examples; the other frameworks' results would be the first run's over again.
     """
     if first or backend is None:
         return selected
@@ -189,16 +193,16 @@ def _check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
 
 
 class _Forwarder:
-    """While `run` works: SIGINT/SIGTERM are noted and passed on to the running pytest child.
+    """While `run` works: SIGINT/SIGTERM are noted and passed on to every running pytest child.
 
-    The child (its conformance plugin) stops in order and writes its shard; `run` starts no further
-    backend, merges what was written and reports the interruption. Handlers are set only in the main
-    thread and restored on exit.
+    Each child (its conformance plugin) stops in order and writes its shard; `run` starts no part
+    after the signal, merges what was written and reports the interruption. Handlers are set only in
+    the main thread and restored on exit.
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self.child: subprocess.Popen[Any] | None = None
+        self.children: list[subprocess.Popen[Any]] = []
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_Forwarder":
@@ -219,21 +223,22 @@ class _Forwarder:
         self.forward(signum)
 
     def forward(self, signum: int) -> None:
-        child = self.child
-        if child is not None and child.poll() is None:
-            try:
-                child.send_signal(signum)
-            except OSError:  # it ended meanwhile
-                pass
+        for child in list(self.children):
+            if child.poll() is None:
+                try:
+                    child.send_signal(signum)
+                except OSError:  # it ended meanwhile
+                    pass
 
-    def call(self, cmd: list[str], **kwargs: Any) -> int:
-        self.child = subprocess.Popen(cmd, **kwargs)
-        try:
-            if self.received is not None:  # arrived while the child was being started
-                self.forward(self.received)
-            return self.child.wait()
-        finally:
-            self.child = None
+    def start(self, cmd: list[str], **kwargs: Any) -> "subprocess.Popen[Any] | None":
+        """The child, started; None once a signal has arrived (no part starts after it)."""
+        if self.received is not None:
+            return None
+        child = subprocess.Popen(cmd, **kwargs)
+        self.children.append(child)
+        if self.received is not None:  # arrived while the child was being started
+            self.forward(self.received)
+        return child
 
 
 def _child_environment(backend: str | None, no_speed: bool, first: bool = True) -> dict[str, str]:
@@ -272,25 +277,30 @@ def run(argv: list[str]) -> int:
 
     progress = Progress()
     started = time.monotonic()
-    with _Forwarder() as signals:
+    with _Forwarder() as signals, contextlib.ExitStack() as logs:
         shards: list[tuple[str, Path]] = []
         problems: list[str] = []  # why the report is incomplete
-        codes: list[int] = []
+        running: list[tuple[str, str, Path, subprocess.Popen[Any]]] = []  # name, title, shard, child
+        # The parts run at the same time: each one's start-up (imports, collection) and its last tests
+        # leave cores idle that the others fill.
         for index, backend in enumerate(backends):
-            if signals.received is not None:
-                problems.append(f"keras-{backend or 'none'}: not run (interrupted)")
-                continue
             name = f"keras-{backend or 'none'}"
             shard = out / "shards" / f"report-{name}.json"
             for stale in (shard, progress_path(shard), log_path(shard)):
                 stale.unlink(missing_ok=True)
             shard.parent.mkdir(parents=True, exist_ok=True)
             title = f"KERAS_BACKEND={backend}" if backend else "keras not installed"
-            with open(log_path(shard), "w", encoding="utf-8") as log, progress.follow(title, progress_path(shard)):
-                code = signals.call(_pytest_command(args, shard, backend, index == 0),
-                                    env=_child_environment(backend, args.no_speed, index == 0), cwd=str(ROOT),
-                                    stdout=log, stderr=subprocess.STDOUT)
-            codes.append(code)
+            log = logs.enter_context(open(log_path(shard), "w", encoding="utf-8"))
+            child = signals.start(_pytest_command(args, shard, backend, index == 0),
+                                  env=_child_environment(backend, args.no_speed, index == 0), cwd=str(ROOT),
+                                  stdout=log, stderr=subprocess.STDOUT)
+            if child is None:
+                problems.append(f"{name}: not run (interrupted)")
+                continue
+            running.append((name, title, shard, child))
+        with progress.follow(*[(title, progress_path(shard)) for _, title, shard, _ in running]):
+            codes = [child.wait() for *_, child in running]
+        for (name, title, shard, _), code in zip(running, codes):
             if shard.is_file():
                 shards.append((name, shard))
                 if code not in (0, 1, 5) and signals.received is None:

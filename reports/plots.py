@@ -10,6 +10,9 @@ import base64
 import io
 import math
 import os
+import pickle
+import subprocess
+import sys
 from typing import Any, Sequence
 
 DTYPE_COLOURS = {"float64": "tab:blue", "float32": "tab:orange", "float16": "tab:green", "bfloat16": "tab:red"}
@@ -351,42 +354,63 @@ def claim_plots(results: list[dict[str, Any]], title: str = "") -> dict[str, Any
     return plots
 
 
-def _claim_plots_of(job: tuple[list[dict[str, Any]], str]) -> dict[str, Any]:
-    return claim_plots(*job)
-
-
-def _spawn_can_start() -> bool:
-    """A spawned process re-runs the main script: only when there is one on disk, or none at all."""
-    import sys
-
-    main = getattr(sys.modules.get("__main__"), "__file__", None)
-    return main is None or os.path.isfile(main)
-
-
 def many_claim_plots(jobs: Sequence[tuple[list[dict[str, Any]], str]], workers: int | None = None) -> list[dict[str, Any]]:
     """`claim_plots` for each (results, title), in that order, drawn in parallel processes.
 
     A full report has about 60 plots at about 0.4 s each, the longest step of writing it: on two
-    cores it halves. Each process draws whole claims, so the bytes are the same as drawn in one.
-    Where processes cannot be started (a sandbox without semaphores, say) they are drawn here.
+    cores it takes half the time. Each process draws whole claims, so the bytes are the same as drawn
+    in one. Where the processes fail (no interpreter to start, say) the plots are drawn here.
     """
     from reports.cores import usable_cores
 
     workers = min(workers or usable_cores(), len(jobs))
-    if workers > 1 and _spawn_can_start():
-        import concurrent.futures
-
+    if workers > 1:
         try:
             return drawn_in_processes(jobs, workers)
-        except (OSError, ImportError, concurrent.futures.process.BrokenProcessPool):
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError):
             pass
     return [claim_plots(*job) for job in jobs]
 
 
 def drawn_in_processes(jobs: Sequence[tuple[list[dict[str, Any]], str]], workers: int) -> list[dict[str, Any]]:
-    import concurrent.futures
-    import multiprocessing
+    """The plots drawn by `workers` child interpreters (`python -m reports.plots`), jobs dealt round robin.
 
-    # spawn: a fresh interpreter, safe whatever threads this process runs; the jobs go by pickle
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_claim_plots_of, jobs))
+    Plain child processes, not multiprocessing: its spawn and forkserver methods import the caller's
+    main script again in each child, which runs a script without a `__main__` guard a second time.
+    """
+    import tempfile
+
+    chunks = [list(jobs[i::workers]) for i in range(workers)]
+    with tempfile.TemporaryDirectory(prefix="conformance-plots-") as folder:
+        children = []
+        try:
+            for index, chunk in enumerate(chunks):
+                path = os.path.join(folder, f"jobs-{index}.pickle")
+                with open(path, "wb") as handle:
+                    pickle.dump(chunk, handle)
+                children.append(subprocess.Popen([sys.executable, "-m", "reports.plots", path],
+                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            drawn = []
+            for child in children:
+                out, err = child.communicate()
+                if child.returncode != 0:
+                    raise OSError(f"plot process exited with {child.returncode}: "
+                                  f"{err.decode(errors='replace')[-500:]}")
+                drawn.append(pickle.loads(out))
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+    return [drawn[i % workers][i // workers] for i in range(len(jobs))]
+
+
+def _serve() -> None:
+    """The child's side of `drawn_in_processes`: pickled jobs in the file named, their plots pickled on stdout."""
+    with open(sys.argv[1], "rb") as handle:
+        jobs = pickle.load(handle)
+    sys.stdout.buffer.write(pickle.dumps([claim_plots(*job) for job in jobs]))
+
+
+if __name__ == "__main__":
+    _serve()

@@ -100,5 +100,5 @@ def test_later_backends_rerun_keras_beside_the_framework_it_runs_on():
     assert shard_frameworks(["torch", "keras"], "jax", True) == ["torch", "keras"]
     assert shard_frameworks(None, "jax", False) == ["keras", "flax.linen", "flax.nnx"]
     assert shard_frameworks(None, "torch", False) == ["torch", "keras"]
-    assert shard_frameworks(None, "tensorflow", False) == ["keras"]
+    assert shard_frameworks(None, "tensorflow", False) == ["torch", "keras"]
     assert shard_frameworks(["keras", "torch"], "jax", False) == ["keras"]

@@ -77,7 +77,8 @@ def test_c_skip(conformance_record):
 
 def test_d_slow(conformance_record):
     fill(conformance_record, "slow-claim")
-    Path(os.environ["INTERRUPT_MARKER"]).write_text("started")
+    with open(os.environ["INTERRUPT_MARKER"], "a", encoding="utf-8") as handle:  # one line per process
+        handle.write(os.environ.get("KERAS_BACKEND", "-") + "\\n")
     block()
 
 
@@ -102,7 +103,7 @@ def pytest_configure(config):
 def pytest_runtest_logreport(report):
     if report.when == "teardown" and not WORKER:
         with open(os.environ["INTERRUPT_TAKEN"], "a", encoding="utf-8") as handle:
-            handle.write(report.nodeid.split("::")[-1] + "\\n")
+            handle.write(os.environ.get("KERAS_BACKEND", "-") + " " + report.nodeid.split("::")[-1] + "\\n")
 '''
 FINISHED = {"test_a_ok": "passed", "test_b_bad": "failed", "test_c_skip": "skipped"}
 
@@ -148,10 +149,18 @@ class Files:
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         return env
 
-    def ready(self) -> bool:
-        """The slow test runs, and the quick tests' results were taken by the process writing the report."""
-        taken = set(self.taken.read_text().split()) if self.taken.exists() else set()
-        return self.marker.exists() and set(FINISHED) <= taken
+    def ready(self, backends: tuple[str, ...] = ()) -> bool:
+        """The slow test runs, and the quick tests' results were taken by the process writing the report;
+        with `backends`, in the run of each of these KERAS_BACKENDs (the parts of `conformance run`)."""
+        def lines(path: Path) -> list[list[str]]:
+            return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+        started = {words[0] for words in lines(self.marker) if words}
+        for backend in backends or (None,):
+            taken = {words[-1] for words in lines(self.taken) if words and backend in (None, words[0])}
+            if not (started if backend is None else backend in started) or not set(FINISHED) <= taken:
+                return False
+        return True
 
 
 def _tail(log: Path) -> str:
@@ -317,6 +326,9 @@ def command(args, shard, backend, first):  # the real command, on the tiny modul
     cmd = original(args, shard, backend, first)
     cmd[cmd.index(str(cli.ROOT / "suites"))] = module
     cmd[cmd.index("--rootdir") + 1] = rootdir
+    for option in ("--conformance-frameworks", "--conformance-require"):  # the suites' options, not the plugin's
+        if option in cmd:
+            del cmd[cmd.index(option):cmd.index(option) + 2]
     return cmd[:1] + ["-u"] + cmd[1:] + ["-p", "reports.plugin", "-v"]
 
 
@@ -343,15 +355,17 @@ def test_conformance_run_forwards_the_signal_and_writes_the_partial_report(tmp_p
     command = _python("-u", str(tmp_path / "driver.py"), str(files.module), str(files.folder),
                       "run", "--out", str(out), "--keras-backends", "tensorflow,jax", "--no-speed")
     with _child(command, tmp_path, files.environment(), log) as process:
-        started_in = _wait_until(files.ready, process, log)
+        # the parts run at once: the signal goes in when both are in their slow test
+        started_in = _wait_until(lambda: files.ready(("tensorflow", "jax")), process, log)
         code = _stop(process, signum, started_in, files, log, group=group)
     output = log.read_text(errors="replace")
     assert code == 128 + signum, outputs()
-    assert "KERAS_BACKEND=jax" not in output  # no further backend started after the signal
     report = load_report(out / "report.json")
     assert report["complete"] is False
+    for backend in ("tensorflow", "jax"):  # each part got the signal, stopped, and wrote what it had
+        part = load_report(out / "shards" / f"report-keras-{backend}.json")
+        assert part["complete"] is False and _rows(part) == FINISHED, outputs()
     assert _rows(report) == FINISHED, outputs()
-    assert load_report(files.report)["complete"] is False
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert f"interrupted by {signal.Signals(signum).name}" in output
     assert "Traceback" not in output
