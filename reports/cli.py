@@ -15,7 +15,6 @@ framework that crashes or hangs its process costs the one test it was in, which 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
 import signal
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from reports.cores import usable_cores
+from reports.messages import headline
 from reports.schema import ReportError, load_report, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,30 +277,31 @@ def run(argv: list[str]) -> int:
 
     progress = Progress()
     started = time.monotonic()
-    with _Forwarder() as signals, contextlib.ExitStack() as logs:
+    with _Forwarder() as signals:
         shards: list[tuple[str, Path]] = []
         problems: list[str] = []  # why the report is incomplete
-        running: list[tuple[str, str, Path, subprocess.Popen[Any]]] = []  # name, title, shard, child
-        # The parts run at the same time: each one's start-up (imports, collection) and its last tests
-        # leave cores idle that the others fill.
+        ran: list[tuple[str, str, Path, int]] = []  # name, title, shard, pytest's exit status
+        # One part at a time: run at once they took as long on 2 cores (the cores are busy either
+        # way) and the speed check's timings were taken among three times as many processes.
         for index, backend in enumerate(backends):
             name = f"keras-{backend or 'none'}"
+            if signals.received is not None:
+                problems.append(f"{name}: not run (interrupted)")
+                continue
             shard = out / "shards" / f"report-{name}.json"
             for stale in (shard, progress_path(shard), log_path(shard)):
                 stale.unlink(missing_ok=True)
             shard.parent.mkdir(parents=True, exist_ok=True)
             title = f"KERAS_BACKEND={backend}" if backend else "keras not installed"
-            log = logs.enter_context(open(log_path(shard), "w", encoding="utf-8"))
-            child = signals.start(_pytest_command(args, shard, backend, index == 0),
-                                  env=_child_environment(backend, args.no_speed, index == 0), cwd=str(ROOT),
-                                  stdout=log, stderr=subprocess.STDOUT)
-            if child is None:
-                problems.append(f"{name}: not run (interrupted)")
-                continue
-            running.append((name, title, shard, child))
-        with progress.follow(*[(title, progress_path(shard)) for _, title, shard, _ in running]):
-            codes = [child.wait() for *_, child in running]
-        for (name, title, shard, _), code in zip(running, codes):
+            with open(log_path(shard), "w", encoding="utf-8") as log, progress.follow((title, progress_path(shard))):
+                child = signals.start(_pytest_command(args, shard, backend, index == 0),
+                                      env=_child_environment(backend, args.no_speed, index == 0), cwd=str(ROOT),
+                                      stdout=log, stderr=subprocess.STDOUT)
+                if child is None:
+                    problems.append(f"{name}: not run (interrupted)")
+                    continue
+                ran.append((name, title, shard, child.wait()))
+        for name, title, shard, code in ran:
             if shard.is_file():
                 shards.append((name, shard))
                 if code not in (0, 1, 5) and signals.received is None:
@@ -367,11 +368,6 @@ def run_exit_code(report: dict, interrupted: int | None) -> int:
     return EXIT_FAILED if summary.get("failed") or summary.get("error") else EXIT_OK
 
 
-def _first_line(text: Any, width: int = 300) -> str:
-    line = str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
-    return line if len(line) <= width else line[:width - 3] + "..."
-
-
 def run_summary(report: dict, out: Path, seconds: float) -> str:
     """What a person reads at the end: counts, the first failures and crashes, what is missing, where it all is."""
     summary = report.get("summary", {})
@@ -386,7 +382,7 @@ def run_summary(report: dict, out: Path, seconds: float) -> str:
     for row in bad[:SUMMARY_LINES]:
         backend = f" [keras {row['keras_backend']}]" if row.get("keras_backend") else ""
         lines.append(f"  {row['status'].upper()} {row.get('nodeid')}{backend}")
-        lines.append(f"    {_first_line(row.get('reason'))}")
+        lines.append(f"    {headline(str(row.get('reason') or ''))}")
         command = (row.get("counterexample") or {}).get("command")
         if command:
             lines.append(f"    reproduce: {command}")

@@ -19,6 +19,7 @@ from .markdown import (
     format_duration, format_number, relation_of, results_of, skipped_entries, status_icon, status_of,
     summary_counts, text, variant_label,
 )
+from .messages import headline, rest
 from .schema import write_text_atomic
 
 TEMPLATE = "report.html.j2"
@@ -110,7 +111,8 @@ def _result_view(report: dict[str, Any], result: dict[str, Any], index: int) -> 
         "max_bound_ratio": format_number(result.get("max_bound_ratio")),
         "separation": format_number(result.get("separation")),
         "duration": format_duration(result.get("duration")),
-        "reason": result.get("reason") if isinstance(result.get("reason"), str) and result.get("reason") else None,
+        "reason": headline(result["reason"]) if isinstance(result.get("reason"), str) and result["reason"] else None,
+        "reason_full": rest(result["reason"]) if isinstance(result.get("reason"), str) else "",
         "per_variant": per_variant,
         "pairwise": pairwise,
         "skipped_variants": skipped,

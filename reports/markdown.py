@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from reports.messages import headline, rest
 from reports.schema import write_text_atomic
 
 MISSING = "–"
@@ -336,6 +337,16 @@ def md_block(value: Any) -> str:
     return f"{fence}text\n{raw.rstrip()}\n{fence}"
 
 
+def md_reason(value: Any) -> list[str]:
+    """A failure message: its first line in a block, the full text folded below it (GitHub renders
+    <details> in Markdown; elsewhere it shows as plain text)."""
+    reason = text(value)
+    first, full = headline(reason), rest(reason)
+    if not full:
+        return [md_block(first)]
+    return [md_block(first), "", "<details><summary>Full message</summary>", "", md_block(full), "", "</details>"]
+
+
 def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
     align = align or ["---"] * len(header)
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
@@ -495,7 +506,7 @@ def _failures_section(report: dict[str, Any]) -> list[str]:
             files = [md_code(example[key], in_table=False) for key in ("npz", "script") if key in example]
             if files:
                 lines.append("- Counterexample files: " + ", ".join(files))
-        lines += ["", md_block(result.get("reason")), ""]
+        lines += ["", *md_reason(result.get("reason")), ""]
     return lines[:-1]
 
 

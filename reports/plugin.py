@@ -26,6 +26,7 @@ import pytest
 
 from reports import flight
 from reports.flight import DEFAULT_TIMEOUT_S
+from reports.messages import cut, failure_reason
 from reports.schema import SCHEMA, summarize, write_json_atomic
 from reports.table import format_table
 
@@ -305,7 +306,7 @@ class ConformancePlugin:
         record = _record_of(item.user_properties)
         report = outcome.get_result()
         if record is not None and call.excinfo is not None and report.failed and not record.get("reason"):
-            record["reason"] = _first_lines(call.excinfo.exconly())
+            record["reason"] = failure_reason(call.excinfo.value, call.excinfo.exconly())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not self.is_worker:
@@ -324,7 +325,7 @@ class ConformancePlugin:
             if report.skipped:
                 row["reason"] = _skip_reason(report)
             elif report.failed and not row.get("reason"):
-                row["reason"] = _first_lines(report.longreprtext)
+                row["reason"] = cut(report.longreprtext)
             # one assignment: an interruption arriving here leaves the old row or the new one, never half
             self.results[report.nodeid] = row
 
@@ -487,6 +488,3 @@ def _skip_reason(report: pytest.TestReport) -> str:
     return str(longrepr)
 
 
-def _first_lines(text: str, limit: int = 2000) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else text[:limit] + " ..."

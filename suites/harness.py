@@ -363,8 +363,12 @@ class ClaimRunner:
     def _fail(self, what: str, failures: list[str], dims: Dims, style: str | None = None) -> None:
         __tracebackhide__ = True
         claim, dtype, device = self.case
-        raise AssertionError(f"claim {claim.id} [{dtype}, {device}] {what}: {claim.title}\n  " + "\n  ".join(failures)
-                             + f"\n  dims={_describe_dims(dims)}" + (f", data style={style}" if style else ""))
+        example = _describe_dims(dims) + (f", data style={style}" if style else "")
+        more = f" (and {len(failures) - 1} more below)" if len(failures) > 1 else ""
+        # first line: what failed, by how much, on which example; the report shows it above the full text
+        raise AssertionError(f"{failures[0]}{more}; example: {example}\n"
+                             f"  claim {claim.id} [{dtype}, {device}] {what}: {claim.title}\n  " + "\n  ".join(failures)
+                             + f"\n  dims={example}")
 
     def _diverges(self, variant: Variant, spec: LayerSpec, x: np.ndarray, dims: Dims) -> Divergence | None:
         """The documented divergence of this variant in this check; one that is not numeric (a crash) means
