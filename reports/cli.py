@@ -37,8 +37,8 @@ EXIT_FAILED = 1  # the report is complete, and a test failed or errored (a crash
 EXIT_USAGE = 2  # bad arguments, an unwritable output folder, or no report could be produced at all
 EXIT_INCOMPLETE = 3  # a report was written but lacks results: a part (Keras backend) or a test produced none
 SUMMARY_LINES = 5  # failures and crashes shown at the end; the rest are in the report files
-# in the order the parts of a run are started: the first part runs every framework (see shard_frameworks), and
-# on jax Flax runs beside Keras once instead of twice (Flax's compilations are a sixth of a run's time)
+# in the order the parts of a run are started: the first part runs every framework (see shard_frameworks), so
+# with jax first Flax runs once, beside Keras-on-jax, instead of in two parts
 KERAS_BACKENDS = ("jax", "tensorflow", "torch")
 PROFILES = ("dev", "ci", "thorough", "debug")
 
@@ -193,16 +193,16 @@ def _check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
 
 
 class _Forwarder:
-    """While `run` works: SIGINT/SIGTERM are noted and passed on to every running pytest child.
+    """While `run` works: SIGINT/SIGTERM are noted and passed on to the running pytest child.
 
-    Each child (its conformance plugin) stops in order and writes its shard; `run` starts no part
-    after the signal, merges what was written and reports the interruption. Handlers are set only in
-    the main thread and restored on exit.
+    The child (its conformance plugin) stops in order and writes its shard; `run` starts no further
+    backend, merges what was written and reports the interruption. Handlers are set only in the main
+    thread and restored on exit.
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self.children: list[subprocess.Popen[Any]] = []
+        self.child: subprocess.Popen[Any] | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_Forwarder":
@@ -223,22 +223,21 @@ class _Forwarder:
         self.forward(signum)
 
     def forward(self, signum: int) -> None:
-        for child in list(self.children):
-            if child.poll() is None:
-                try:
-                    child.send_signal(signum)
-                except OSError:  # it ended meanwhile
-                    pass
+        child = self.child
+        if child is not None and child.poll() is None:
+            try:
+                child.send_signal(signum)
+            except OSError:  # it ended meanwhile
+                pass
 
-    def start(self, cmd: list[str], **kwargs: Any) -> "subprocess.Popen[Any] | None":
-        """The child, started; None once a signal has arrived (no part starts after it)."""
-        if self.received is not None:
-            return None
-        child = subprocess.Popen(cmd, **kwargs)
-        self.children.append(child)
-        if self.received is not None:  # arrived while the child was being started
-            self.forward(self.received)
-        return child
+    def call(self, cmd: list[str], **kwargs: Any) -> int:
+        self.child = subprocess.Popen(cmd, **kwargs)
+        try:
+            if self.received is not None:  # arrived while the child was being started
+                self.forward(self.received)
+            return self.child.wait()
+        finally:
+            self.child = None
 
 
 def _child_environment(backend: str | None, no_speed: bool, first: bool = True) -> dict[str, str]:
@@ -280,28 +279,22 @@ def run(argv: list[str]) -> int:
     with _Forwarder() as signals:
         shards: list[tuple[str, Path]] = []
         problems: list[str] = []  # why the report is incomplete
-        ran: list[tuple[str, str, Path, int]] = []  # name, title, shard, pytest's exit status
-        # One part at a time: run at once they took as long on 2 cores (the cores are busy either
-        # way) and the speed check's timings were taken among three times as many processes.
+        codes: list[int] = []
         for index, backend in enumerate(backends):
-            name = f"keras-{backend or 'none'}"
             if signals.received is not None:
-                problems.append(f"{name}: not run (interrupted)")
+                problems.append(f"keras-{backend or 'none'}: not run (interrupted)")
                 continue
+            name = f"keras-{backend or 'none'}"
             shard = out / "shards" / f"report-{name}.json"
             for stale in (shard, progress_path(shard), log_path(shard)):
                 stale.unlink(missing_ok=True)
             shard.parent.mkdir(parents=True, exist_ok=True)
             title = f"KERAS_BACKEND={backend}" if backend else "keras not installed"
-            with open(log_path(shard), "w", encoding="utf-8") as log, progress.follow((title, progress_path(shard))):
-                child = signals.start(_pytest_command(args, shard, backend, index == 0),
-                                      env=_child_environment(backend, args.no_speed, index == 0), cwd=str(ROOT),
-                                      stdout=log, stderr=subprocess.STDOUT)
-                if child is None:
-                    problems.append(f"{name}: not run (interrupted)")
-                    continue
-                ran.append((name, title, shard, child.wait()))
-        for name, title, shard, code in ran:
+            with open(log_path(shard), "w", encoding="utf-8") as log, progress.follow(title, progress_path(shard)):
+                code = signals.call(_pytest_command(args, shard, backend, index == 0),
+                                    env=_child_environment(backend, args.no_speed, index == 0), cwd=str(ROOT),
+                                    stdout=log, stderr=subprocess.STDOUT)
+            codes.append(code)
             if shard.is_file():
                 shards.append((name, shard))
                 if code not in (0, 1, 5) and signals.received is None:

@@ -1,9 +1,9 @@
 """Progress of `conformance run`: tests done of the total, elapsed, time left, failures so far.
 
 The pytest child (its conformance plugin, `--conformance-progress FILE`) appends one JSON line per
-finished test to a file; `Progress.follow` reads the files of the parts in a thread while the
-children run. On a terminal the display is a rich progress bar per part; otherwise (CI logs, pipes)
-it degrades to a plain line per part every `PLAIN_EVERY_S` seconds and one at the end.
+finished test to a file; `Progress.follow` reads it in a thread while the child runs. On a terminal
+the display is a rich progress bar; otherwise (CI logs, pipes) it degrades to a plain line every
+`PLAIN_EVERY_S` seconds and one at the end of each part.
 """
 from __future__ import annotations
 
@@ -58,16 +58,15 @@ class Counts:
 
 
 class Progress:
-    """One display for the whole run; `follow(parts)` shows the parts (pytest children) while they run."""
+    """One display for the whole run; `follow(name, path)` shows one part (one pytest child) while it runs."""
 
     def __init__(self, stream: TextIO | None = None, fancy: bool | None = None):
         self.stream = stream or sys.stdout
         self.fancy = self.stream.isatty() if fancy is None else fancy
         self.started = time.monotonic()
 
-    def follow(self, *parts: tuple[str, Path]) -> "_Follower":
-        """(name, progress file) of each part that runs now, in display order."""
-        return _Follower(self, list(parts))
+    def follow(self, name: str, path: Path) -> "_Follower":
+        return _Follower(self, name, path)
 
     def line(self, name: str, counts: Counts, started: float, final: bool = False) -> str:
         """`NAME: 120/700 tests, 1 failed, 0 errors, 2:10 elapsed, about 10:30 left` (the time left of this part)."""
@@ -81,15 +80,14 @@ class Progress:
 
 
 class _Follower:
-    """Context manager: reads the parts' progress files in a thread and draws until the children are done."""
+    """Context manager: reads the progress file in a thread and draws until the child is done."""
 
-    def __init__(self, progress: Progress, parts: list[tuple[str, Path]]):
-        self.progress = progress
-        self.parts = [(name, path, Counts()) for name, path in parts]
+    def __init__(self, progress: Progress, name: str, path: Path):
+        self.progress, self.name, self.path = progress, name, path
+        self.counts = Counts()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._bar: Any = None
-        self._tasks: list[Any] = []
 
     def __enter__(self) -> "_Follower":
         self.started = time.monotonic()
@@ -101,7 +99,7 @@ class _Follower:
             self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("[red]{task.fields[bad]}"), TimeElapsedColumn(), TextColumn("left"),
                             TimeRemainingColumn(), console=Console(file=self.progress.stream), transient=False)
-            self._tasks = [self._bar.add_task(name, total=None, bad="") for name, _, _ in self.parts]
+            self._task = self._bar.add_task(self.name, total=None, bad="")
             self._bar.start()
         self._thread.start()
         return self
@@ -109,31 +107,24 @@ class _Follower:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self._read()
+        self.counts.read(self.path)
         if self._bar is not None:
             self._draw()
             self._bar.stop()
         else:
-            for name, _, counts in self.parts:
-                print(self.progress.line(name, counts, self.started, final=True), file=self.progress.stream,
-                      flush=True)
-
-    def _read(self) -> None:
-        for _, path, counts in self.parts:
-            counts.read(path)
+            print(self.progress.line(self.name, self.counts, self.started, final=True), file=self.progress.stream, flush=True)
 
     def _draw(self) -> None:
-        for task, (_, _, c) in zip(self._tasks, self.parts):
-            bad = ", ".join(f"{n} {w}" for n, w in ((c.failed, "failed"), (c.error, "errors")) if n)
-            self._bar.update(task, completed=c.done, total=c.total, bad=bad)
+        c = self.counts
+        bad = ", ".join(f"{n} {w}" for n, w in ((c.failed, "failed"), (c.error, "errors")) if n)
+        self._bar.update(self._task, completed=c.done, total=c.total, bad=bad)
 
     def _run(self) -> None:
         last_plain = time.monotonic()
         while not self._stop.wait(POLL_S):
-            self._read()
+            self.counts.read(self.path)
             if self._bar is not None:
                 self._draw()
             elif time.monotonic() - last_plain >= PLAIN_EVERY_S:
                 last_plain = time.monotonic()
-                for name, _, counts in self.parts:
-                    print(self.progress.line(name, counts, self.started), file=self.progress.stream, flush=True)
+                print(self.progress.line(self.name, self.counts, self.started), file=self.progress.stream, flush=True)
