@@ -52,20 +52,23 @@ def explain(exc: BaseException) -> str | None:
         failure = _message(first)
         return (f"{failure.splitlines()[0].strip()} ({NOT_REPRODUCIBLE})\n\n{NOT_REPRODUCIBLE_WHY}\n\n"
                 f"The first failure, in full:\n{failure}")
-    if isinstance(exc, errors.Flaky):  # FlakyStrategyDefinition, FlakyReplay
-        return ("hypothesis could not replay an example: the data drawn for it changed between two runs of the "
-                "same example, so a strategy depends on state outside it (a harness bug: report it with this "
-                f"test id)\n\n{_message(exc)}")
-    if isinstance(exc, errors.Unsatisfiable):
-        return ("hypothesis found too few valid examples: the claim's strategies reject almost every draw; widen "
-                f"the claim's sizes in its catalog entry, or run more examples\n\n{_message(exc)}")
-    if isinstance(exc, errors.FailedHealthCheck):
-        return ("hypothesis' health check failed: drawing this test's examples was too slow or filtered out too "
-                "many; on a loaded machine run fewer workers (-n), otherwise widen the claim's strategies\n\n"
-                f"{_message(exc)}")
-    if isinstance(exc, errors.DeadlineExceeded):
-        return ("one example ran longer than hypothesis' deadline: the suites' profiles set no deadline, so a "
-                f"profile of your own does; give it deadline=None\n\n{_message(exc)}")
+    sentences = (  # checked in order: the first class that matches says it
+        (errors.Flaky,  # FlakyStrategyDefinition, FlakyReplay
+         "hypothesis could not replay an example: the data drawn for it changed between two runs of the same "
+         "example, so a strategy depends on state outside it (a harness bug: report it with this test id)"),
+        (errors.Unsatisfiable,
+         "hypothesis found too few valid examples: the claim's strategies reject almost every draw; widen the "
+         "claim's sizes in its catalog entry, or run more examples"),
+        (errors.FailedHealthCheck,
+         "hypothesis' health check failed: drawing this test's examples was too slow or filtered out too many; on "
+         "a loaded machine run fewer workers (-n), otherwise widen the claim's strategies"),
+        (errors.DeadlineExceeded,
+         "one example ran longer than hypothesis' deadline: the suites' profiles set no deadline, so a profile of "
+         "your own does; give it deadline=None"),
+    )
+    for kind, sentence in sentences:
+        if isinstance(exc, kind):
+            return f"{sentence}\n\n{_message(exc)}"
     if isinstance(exc, errors.HypothesisException):
         return (f"hypothesis stopped the test ({exc.__class__.__name__}): {one_line(_message(exc))[:HEADLINE_LIMIT]}"
                 f"\n\n{_message(exc)}")
