@@ -111,7 +111,9 @@ class ClaimRunner:
             pytest.skip("; ".join(sorted(set(self.skipped.values()))))
         self.dims: st.SearchStrategy[Dims] = claim.dims
         if self.geometries and self.check in DRAWING_CHECKS:  # built here: a pool drawn inside @given would nest it
-            self.dims = st.sampled_from(geometry_pool(claim.dims, self.geometries, f"{self.case.id}/{self.check}"))
+            # one pool per case, shared by its checks: the forward and batch checks then run the same
+            # compiled programs (one compile per geometry, not one per check) on the same corners
+            self.dims = st.sampled_from(geometry_pool(claim.dims, self.geometries, self.case.id))
         self._geometries_seen: set[tuple[tuple[str, Any], ...]] = set()
 
     def _draw_dims(self, data: st.DataObject) -> Dims:
