@@ -109,9 +109,19 @@ def _linen_program(spec: LayerSpec, dtype: str) -> tuple[Any, Any]:
 
     def vjp(x: Any, params: dict[str, Any], cotangent: Any) -> Any:
         _, pullback = jax.vjp(apply, x, params)
-        return pullback(cotangent)
+        dx, dparams = pullback(cotangent)
+        return dx, [dparams[k] for k in _param_names(spec)]
 
     return jax.jit(apply), jax.jit(vjp)
+
+
+def _param_names(spec: LayerSpec) -> list[str]:
+    """The order of the parameter gradients a VJP program returns (linen's and nnx's alike).
+
+    Both return plain lists rather than their own pytrees: the programs then lower to the same
+    module (result names included), so JAX's compilation cache compiles one program for the two APIs.
+    """
+    return ["kernel", "bias"] if spec.bias else ["kernel"]
 
 
 def clear_programs() -> None:
@@ -131,7 +141,7 @@ class LinenLayer(Layer):
         _, vjp = _linen_program(self.spec, self.dtype)
         dx, dparams = vjp(_array(x, self.dtype, self.device), self._params_dict,
                           _array(cotangent, self.dtype, self.device))
-        return _numpy(dx, self.dtype), {k: _numpy(v, self.dtype) for k, v in dparams.items()}
+        return _numpy(dx, self.dtype), {k: _numpy(v, self.dtype) for k, v in zip(_param_names(self.spec), dparams)}
 
     def weights(self) -> Weights:
         return {k: _numpy(_layout(v, k, self.spec, False), self.dtype) for k, v in self._params_dict.items()}
@@ -178,7 +188,8 @@ def _nnx_program(spec: LayerSpec, dtype: str) -> tuple[Any, Any, Any, Any]:
 
     def vjp(x: Any, params: Any, cotangent: Any) -> Any:
         _, pullback = jax.vjp(apply, x, params)
-        return pullback(cotangent)
+        dx, dstate = pullback(cotangent)
+        return dx, [_value(dstate[k]) for k in _param_names(spec)]
 
     return graphdef, state, jax.jit(apply), jax.jit(vjp)
 
@@ -194,16 +205,13 @@ class NnxLayer(Layer):
 
     def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
         vjp = _nnx_program(self.spec, self.dtype)[3]
-        dx, dstate = vjp(_array(x, self.dtype, self.device), self._state(), _array(cotangent, self.dtype, self.device))
-        grads = {k: _numpy(_layout(_value(dstate[k]), k, self.spec, False), self.dtype) for k in self._names()}
+        dx, dparams = vjp(_array(x, self.dtype, self.device), self._state(), _array(cotangent, self.dtype, self.device))
+        grads = {k: _numpy(_layout(g, k, self.spec, False), self.dtype) for k, g in zip(_param_names(self.spec), dparams)}
         return _numpy(dx, self.dtype), grads
-
-    def _names(self) -> list[str]:
-        return ["kernel", "bias"] if self.spec.bias else ["kernel"]
 
     def weights(self) -> Weights:
         return {k: _numpy(_layout(getattr(self.native, k).get_value(), k, self.spec, False), self.dtype)
-                for k in self._names()}
+                for k in _param_names(self.spec)}
 
 
 def _value(leaf: Any) -> Any:

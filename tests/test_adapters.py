@@ -260,3 +260,32 @@ def test_keras_tensorflow_grouped_program_is_keras_eager_call(spec, shape, dtype
     for name, grad in zip(names, eager_dvars, strict=True):
         np.testing.assert_array_equal(dw[name], keras_adapter._numpy_as(
             keras_adapter._layout(grad, name, spec, False), keras_adapter._variable(dtype)))
+
+
+@pytest.mark.parametrize("spec", [LayerSpec.dense(5, 3), LayerSpec.conv(4, 6, (3,), padding="same", bias=False)],
+                         ids=["dense", "conv1d"])
+def test_linen_and_nnx_share_one_compiled_program(spec):
+    """Flax linen and nnx layers of one geometry lower to the same module (forward and VJP), so JAX's
+    compilation cache compiles it once for both APIs; a result pytree of either API's own kind would
+    name its outputs differently and cost a second compile per geometry."""
+    pytest.importorskip("flax")
+    import adapters.flax as flax_adapter
+
+    weights = {"kernel": np.ones(spec.kernel_shape(), np.float32)}
+    if spec.bias:
+        weights["bias"] = np.ones(spec.out_features, np.float32)
+    shape = (2, 7, spec.in_features)
+    x = flax_adapter._array(np.ones(shape, np.float32), "float32", "cpu")
+    linen = get_adapter("flax.linen").build(spec, weights, "float32")
+    nnx = get_adapter("flax.nnx").build(spec, weights, "float32")
+    apply_linen, vjp_linen = flax_adapter._linen_program(spec, "float32")
+    apply_nnx, vjp_nnx = flax_adapter._nnx_program(spec, "float32")[2:]
+    y = np.asarray(apply_linen(x, linen._params_dict))
+    cotangent = flax_adapter._array(np.ones(y.shape, np.float32), "float32", "cpu")
+    assert apply_linen.lower(x, linen._params_dict).as_text() == apply_nnx.lower(x, nnx._state()).as_text()
+    assert vjp_linen.lower(x, linen._params_dict, cotangent).as_text() == \
+        vjp_nnx.lower(x, nnx._state(), cotangent).as_text()
+    dx_linen, grads_linen = linen.vjp(np.ones(shape), np.ones(y.shape))
+    dx_nnx, grads_nnx = nnx.vjp(np.ones(shape), np.ones(y.shape))
+    assert np.array_equal(dx_linen, dx_nnx) and grads_linen.keys() == grads_nnx.keys() == weights.keys()
+    assert all(np.array_equal(grads_linen[k], grads_nnx[k]) for k in weights)
