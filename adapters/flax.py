@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from .base import Adapter, Layer, canonical
-from .spec import LayerSpec, Weights, numpy_dtype
+from .compute import check_operands, check_output, first_time, jax_operand_dtypes
+from .spec import POLICY_COMPUTE, LayerSpec, Weights, numpy_dtype
 
 import jax  # noqa: E402
 
@@ -21,6 +22,20 @@ import jax.numpy as jnp  # noqa: E402
 from flax import linen, nnx  # noqa: E402
 
 _DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
+
+
+def _compute(dtype: str) -> str:
+    """The compute dtype (`dtype=` of a Flax layer): a mixed policy's half type."""
+    return POLICY_COMPUTE.get(dtype, dtype)
+
+
+def _param(dtype: str) -> str:
+    """The parameter dtype (`param_dtype=`): float32 under a mixed policy, as in mixed-precision training."""
+    return "float32" if dtype in POLICY_COMPUTE else dtype
+
+
+def _dtype_kw(dtype: str) -> dict[str, Any]:
+    return dict(dtype=_DTYPES[_compute(dtype)], param_dtype=_DTYPES[_param(dtype)])
 
 
 def _layout(array: Any, what: str, spec: LayerSpec, to_flax: bool) -> Any:
@@ -75,6 +90,7 @@ def _gpu_devices() -> list[Any]:
 
 class _FlaxAdapter(Adapter):
     distributions = ("flax", "jax", "jaxlib")
+    policies = tuple(POLICY_COMPUTE)  # float32 params, half-precision compute (dtype=, param_dtype=)
 
     def _supports(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
         return _border_reason(spec)
@@ -124,6 +140,14 @@ def _param_names(spec: LayerSpec) -> list[str]:
     return ["kernel", "bias"] if spec.bias else ["kernel"]
 
 
+def _check_compute(layer: Layer, apply: Any, y: Any, *args: Any) -> None:
+    """The output in the compute dtype; under a mixed policy also the matmul/convolution operands
+    (once per geometry and input shape, from the jitted program's jaxpr)."""
+    check_output(layer, y.dtype)
+    if layer.dtype in POLICY_COMPUTE and first_time(layer.adapter.name, layer.spec, layer.dtype, args[0].shape):
+        check_operands(layer, jax_operand_dtypes(apply, *args), "in the jaxpr of the jitted call")
+
+
 def clear_programs() -> None:
     """Forget the compiled layers (after patching jax.lax, e.g. to inject a fault, in a live process)."""
     _linen_program.cache_clear()
@@ -134,14 +158,18 @@ def clear_programs() -> None:
 class LinenLayer(Layer):
     def _forward(self, x: np.ndarray) -> np.ndarray:
         apply, _ = _linen_program(self.spec, self.dtype)
-        y = apply(_array(_layout(x, "x", self.spec, True), self.dtype, self.device), self._params_dict)
+        xa = _array(_layout(x, "x", self.spec, True), _compute(self.dtype), self.device)
+        y = apply(xa, self._params_dict)
+        _check_compute(self, apply, y, xa, self._params_dict)
         return _numpy(_layout(y, "x", self.spec, False), self.dtype)
 
     def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
         _, vjp = _linen_program(self.spec, self.dtype)
-        dx, dparams = vjp(_array(x, self.dtype, self.device), self._params_dict,
-                          _array(cotangent, self.dtype, self.device))
-        return _numpy(dx, self.dtype), {k: _numpy(v, self.dtype) for k, v in zip(_param_names(self.spec), dparams)}
+        dx, dparams = vjp(_array(x, _compute(self.dtype), self.device), self._params_dict,
+                          _array(cotangent, _compute(self.dtype), self.device))
+        # gradients of float32 parameters stay float32 under a mixed policy
+        return _numpy(dx, self.dtype), {k: _numpy(v, _param(self.dtype))
+                                        for k, v in zip(_param_names(self.spec), dparams)}
 
     def weights(self) -> Weights:
         return {k: _numpy(_layout(v, k, self.spec, False), self.dtype) for k, v in self._params_dict.items()}
@@ -152,7 +180,7 @@ class LinenAdapter(_FlaxAdapter):
     classes = {("dense", 0): "Dense", ("conv", 1): "Conv", ("conv", 2): "Conv"}
 
     def _module(self, spec: LayerSpec, dtype: str) -> linen.Module:
-        kw = dict(use_bias=spec.bias, dtype=_DTYPES[dtype], param_dtype=_DTYPES[dtype])
+        kw = dict(use_bias=spec.bias, **_dtype_kw(dtype))
         if spec.kind == "dense":
             return linen.Dense(spec.out_features, **kw)
         return linen.Conv(spec.out_features, spec.kernel_size, strides=spec.strides, padding=_padding(spec),
@@ -164,7 +192,7 @@ class LinenAdapter(_FlaxAdapter):
         return layer
 
     def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
-        params = {k: _array(_layout(v, k, spec, True), dtype, device) for k, v in weights.items()}
+        params = {k: _array(_layout(v, k, spec, True), _param(dtype), device) for k, v in weights.items()}
         return self._wrap(spec, dtype, device, params)
 
     def default_weights(self, spec: LayerSpec, seed: int) -> Weights:
@@ -200,13 +228,17 @@ class NnxLayer(Layer):
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         apply = _nnx_program(self.spec, self.dtype)[2]
-        y = apply(_array(_layout(x, "x", self.spec, True), self.dtype, self.device), self._state())
+        xa, state = _array(_layout(x, "x", self.spec, True), _compute(self.dtype), self.device), self._state()
+        y = apply(xa, state)
+        _check_compute(self, apply, y, xa, state)
         return _numpy(_layout(y, "x", self.spec, False), self.dtype)
 
     def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
         vjp = _nnx_program(self.spec, self.dtype)[3]
-        dx, dparams = vjp(_array(x, self.dtype, self.device), self._state(), _array(cotangent, self.dtype, self.device))
-        grads = {k: _numpy(_layout(g, k, self.spec, False), self.dtype) for k, g in zip(_param_names(self.spec), dparams)}
+        dx, dparams = vjp(_array(x, _compute(self.dtype), self.device), self._state(),
+                          _array(cotangent, _compute(self.dtype), self.device))
+        grads = {k: _numpy(_layout(g, k, self.spec, False), _param(self.dtype))
+                 for k, g in zip(_param_names(self.spec), dparams)}
         return _numpy(dx, self.dtype), grads
 
     def weights(self) -> Weights:
@@ -224,7 +256,7 @@ class NnxAdapter(_FlaxAdapter):
     classes = {("dense", 0): "Linear", ("conv", 1): "Conv", ("conv", 2): "Conv"}
 
     def _module(self, spec: LayerSpec, dtype: str, seed: int, initialize: bool = True) -> nnx.Module:
-        kw = dict(use_bias=spec.bias, dtype=_DTYPES[dtype], param_dtype=_DTYPES[dtype], rngs=nnx.Rngs(seed))
+        kw = dict(use_bias=spec.bias, **_dtype_kw(dtype), rngs=nnx.Rngs(seed))
         if not initialize:  # the weights are overwritten at once: skip the random draw (a JAX compile per shape)
             kw.update(kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init())
         if spec.kind == "dense":
@@ -236,7 +268,7 @@ class NnxAdapter(_FlaxAdapter):
         graphdef, template = _nnx_program(spec, dtype)[:2]
         module = nnx.merge(graphdef, template, copy=True)  # its own Variables: the arrays are replaced below
         for name, value in weights.items():
-            getattr(module, name).set_value(_array(_layout(value, name, spec, True), dtype, device))
+            getattr(module, name).set_value(_array(_layout(value, name, spec, True), _param(dtype), device))
         return NnxLayer(self, spec, dtype, device, module)
 
     def default_weights(self, spec: LayerSpec, seed: int) -> Weights:

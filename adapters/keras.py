@@ -15,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up 
 import numpy as np
 
 from .base import Adapter, Layer, canonical
+from .compute import check_operands, check_output, first_time, jax_operand_dtypes, tf_operand_dtypes, \
+    torch_operand_dtypes
 from .spec import POLICY_COMPUTE, LayerSpec, Weights, numpy_dtype
 
 
@@ -84,6 +86,20 @@ def _numpy_as(tensor: Any, dtype: str) -> np.ndarray:
     return canonical(keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float64")), dtype)
 
 
+def _stateless_call(native: Any, trainable: list[Any], x: Any) -> Any:
+    """`native(x)` with these values for its trainable variables, the way a Keras Model calls its
+    layers in training (Model.stateless_call, fit): Layer.__call__ inside a StatelessScope.
+
+    Layer.stateless_call would call `call` directly: it skips __call__'s autocast, so under a mixed
+    policy the float32 variables reach the matmul or convolution uncast (on the jax backend the layer
+    then computes in float32; on the torch backend a convolution raises on the dtype mismatch).
+    """
+    mapping = list(zip(native.trainable_variables, trainable))
+    mapping += [(v, v.value) for v in native.non_trainable_variables]
+    with keras.StatelessScope(state_mapping=mapping):
+        return native(x)
+
+
 def _keras_device(device: str) -> str:
     return "gpu:0" if device == "gpu" else "cpu:0"
 
@@ -102,18 +118,27 @@ class KerasLayer(Layer):
 
     def _stateless(self, x: Any, trainable: list[Any]) -> Any:
         """The layer as a pure function of its variables (what jax.vjp and torch.autograd need)."""
-        non_trainable = [v.value for v in self.native.non_trainable_variables]
-        y, _ = self.native.stateless_call(trainable, non_trainable, self._pad(x))
-        return y
+        return _stateless_call(self.native, trainable, self._pad(x))
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         with keras.device(_keras_device(self.device)):
             xt = _to_tensor(_layout(x, "x", self.spec, True), self.dtype)
-            if _tf_grouped(self.spec):
-                y = _tf_grouped_program_for(self)[0](xt)
+            call = _tf_grouped_program_for(self)[0] if _tf_grouped(self.spec) else self._call
+            if self.dtype in POLICY_COMPUTE and first_time("keras", BACKEND, self.spec, self.dtype, tuple(xt.shape)):
+                y = self._check_operands(call, xt)
             else:
-                y = self._call(xt)
+                y = call(xt)
+        check_output(self, keras.backend.standardize_dtype(y.dtype))
         return _to_numpy(_layout(y, "x", self.spec, False), self.dtype)
+
+    def _check_operands(self, call: Any, xt: Any) -> Any:
+        """call(xt), after checking that the policy's half type reached the matmul/convolution."""
+        if BACKEND == "torch":
+            y, seen = torch_operand_dtypes(lambda: call(xt))
+            check_operands(self, seen, "the aten operations the torch backend ran")
+            return y
+        check_operands(self, tf_operand_dtypes(call, xt), "in the graph tf.function traced")
+        return call(xt)
 
     def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
         with keras.device(_keras_device(self.device)):
@@ -230,16 +255,13 @@ def _jax_program(spec: LayerSpec, dtype: str, device: str) -> tuple[Any, list[st
         native = ADAPTER._layer(spec, dtype, kernel_initializer=_host_zeros, bias_initializer=_host_zeros)
         native.build(KerasAdapter._input_shape(spec))
     names = ["kernel" if v.path.endswith("kernel") else "bias" for v in native.trainable_variables]
-    non_trainable = [v.value for v in native.non_trainable_variables]
     padder = KerasLayer(ADAPTER, spec, dtype, device, native)
 
     def apply(trainable: list[Any], x: Any) -> Any:
-        y, _ = native.stateless_call(trainable, non_trainable, padder._pad(x))
-        return y
+        return _stateless_call(native, trainable, padder._pad(x))
 
     def vjp(trainable: list[Any], x: Any, cotangent: Any) -> Any:
         y, pullback = jax.vjp(lambda inputs, variables: apply(variables, inputs), x, trainable)
-        # under a mixed policy stateless_call may return the variable dtype: the cotangent must match it
         return pullback(cotangent.astype(y.dtype))
 
     return native, names, jax.jit(apply), jax.jit(vjp)
@@ -252,7 +274,11 @@ class KerasJaxLayer(Layer):
         return _jax_program(self.spec, self.dtype, self.device)
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        y = self._program()[2](self._trainable, _jax_array(x, _compute(self.dtype), self.device))
+        apply, xa = self._program()[2], _jax_array(x, _compute(self.dtype), self.device)
+        y = apply(self._trainable, xa)
+        check_output(self, keras.backend.standardize_dtype(y.dtype))
+        if self.dtype in POLICY_COMPUTE and first_time("keras", BACKEND, self.spec, self.dtype, tuple(xa.shape)):
+            check_operands(self, jax_operand_dtypes(apply, self._trainable, xa), "in the jaxpr of the jitted call")
         return canonical(np.asarray(y).astype(np.float64), self.dtype)
 
     def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
@@ -389,7 +415,7 @@ class KerasAdapter(Adapter):
             modes["TF_ENABLE_ONEDNN_OPTS"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TF default: on for CPU)")
         elif BACKEND == "jax":
             modes["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
-            modes["keras.execution"] = "jax.jit (stateless_call)"
+            modes["keras.execution"] = "jax.jit (Layer.__call__ in a StatelessScope, as Model.fit)"
             modes["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
         elif BACKEND == "torch":
             import torch

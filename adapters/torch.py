@@ -8,10 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from .base import Adapter, Layer, canonical
-from .spec import LayerSpec, Weights
+from .compute import check_operands, check_output, first_time, torch_operand_dtypes
+from .spec import POLICY_COMPUTE, LayerSpec, Weights
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DEVICES = {"cpu": "cpu", "gpu": "cuda"}
+
+
+def _param(dtype: str) -> str:
+    """Parameters (and the input fed to autocast) are float32 under a mixed policy, as in
+    mixed-precision training; `torch.autocast` casts them to the half type inside each op."""
+    return "float32" if dtype in POLICY_COMPUTE else dtype
 
 
 def _layout(array: Any, what: str, spec: LayerSpec, to_torch: bool) -> Any:
@@ -66,21 +73,35 @@ class TorchLayer(Layer):
         return F.pad(x, flat, mode=_PAD_MODES[spec.padding_mode]) if any(flat) else x
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return self.native(self._pad(_layout(x, "x", self.spec, True)))
+        call = lambda: self.native(self._pad(_layout(x, "x", self.spec, True)))  # noqa: E731
+        half = POLICY_COMPUTE.get(self.dtype)
+        if half is None:
+            y = call()
+        else:  # float32 module and input, half-precision compute: torch.autocast, as in training
+            with torch.autocast(_DEVICES[self.device], dtype=_DTYPES[half]):
+                if first_time("torch", self.spec, self.dtype, tuple(x.shape)):
+                    y, seen = torch_operand_dtypes(call)
+                    check_operands(self, seen, "the aten operations autocast dispatched")
+                else:
+                    y = call()
+        check_output(self, y.dtype)
+        return y
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            y = self._run(_tensor(x, self.dtype, self.device))
+            y = self._run(_tensor(x, _param(self.dtype), self.device))
         return _numpy(_layout(y, "x", self.spec, False), self.dtype)
 
     def _vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, Weights]:
         self.native.zero_grad(set_to_none=True)
-        xt = _tensor(x, self.dtype, self.device).requires_grad_(True)
+        xt = _tensor(x, _param(self.dtype), self.device).requires_grad_(True)
         y = self._run(xt)
-        y.backward(_layout(_tensor(cotangent, self.dtype, self.device), "x", self.spec, True))
-        grads = {"kernel": _numpy(_layout(self.native.weight.grad, "kernel", self.spec, False), self.dtype)}
+        y.backward(_layout(_tensor(cotangent, POLICY_COMPUTE.get(self.dtype, self.dtype), self.device), "x",
+                           self.spec, True))
+        # gradients of float32 parameters stay float32 under a mixed policy
+        grads = {"kernel": _numpy(_layout(self.native.weight.grad, "kernel", self.spec, False), _param(self.dtype))}
         if self.spec.bias:
-            grads["bias"] = _numpy(self.native.bias.grad, self.dtype)
+            grads["bias"] = _numpy(self.native.bias.grad, _param(self.dtype))
         return _numpy(xt.grad, self.dtype), grads
 
     def weights(self) -> Weights:
@@ -93,6 +114,7 @@ class TorchLayer(Layer):
 class TorchAdapter(Adapter):
     name = "torch"
     distributions = ("torch",)
+    policies = tuple(POLICY_COMPUTE)  # torch.autocast with float32 parameters
     classes = {("dense", 0): "Linear", ("conv", 1): "Conv1d", ("conv", 2): "Conv2d"}
 
     def devices(self) -> list[str]:
@@ -107,11 +129,12 @@ class TorchAdapter(Adapter):
                    padding_mode=spec.padding_mode)
 
     def _build(self, spec: LayerSpec, weights: Weights, dtype: str, device: str) -> Layer:
-        module = self._module(spec).to(device=_DEVICES[device], dtype=_DTYPES[dtype])
+        param = _param(dtype)
+        module = self._module(spec).to(device=_DEVICES[device], dtype=_DTYPES[param])
         with torch.no_grad():
-            module.weight.copy_(_layout(_tensor(weights["kernel"], dtype, device), "kernel", spec, True))
+            module.weight.copy_(_layout(_tensor(weights["kernel"], param, device), "kernel", spec, True))
             if spec.bias:
-                module.bias.copy_(_tensor(weights["bias"], dtype, device))
+                module.bias.copy_(_tensor(weights["bias"], param, device))
         return TorchLayer(self, spec, dtype, device, module)
 
     def default_weights(self, spec: LayerSpec, seed: int) -> Weights:
