@@ -237,7 +237,59 @@ def build_matrix(report: dict[str, Any]) -> dict[str, Any]:
         dtype, _, device = column.partition(" · ")
         return (_rank(DTYPE_ORDER, dtype), device)
 
-    return {"columns": sorted(columns, key=column_key), "rows": sorted(rows.values(), key=row_key)}
+    return {"columns": sorted(columns, key=column_key), "rows": sorted(rows.values(), key=row_key),
+            "coverage": coverage_tables(report)}
+
+
+COVERAGE_CHECKS = ("forward", "gradient", "batch")  # the checks whose geometry coverage the report shows
+
+
+def coverage_tables(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per claim: how many examples of its forward, gradient and batch checks exercised each geometry feature
+    (a result's `features`, suites/features.py), per dtype (and device, when several).
+
+    Returns [{"claim", "checks": [the checks shown], "columns": [...], "rows": [{"feature", "cells": {column:
+    {"counts": [a count or None per check], "text", "zero"}}}]}]; several results in one cell (Keras
+    backends, merged shards) add up. A 0 is a corner that the check never met.
+    """
+    results = results_of(report)
+    several_devices = len({text(result.get("device")) for result in results}) > 1
+    claims: dict[str, dict[str, Any]] = {}
+    for result in results:
+        check = result.get("check")
+        features = as_dict(result.get("features"))
+        if check not in COVERAGE_CHECKS or not features:
+            continue
+        table = claims.setdefault(text(result.get("claim")), {"checks": set(), "columns": [], "counts": {}})
+        table["checks"].add(check)
+        column = _column_of(result, several_devices)
+        if column not in table["columns"]:
+            table["columns"].append(column)
+        for feature, count in features.items():
+            if isinstance(count, int) and not isinstance(count, bool):
+                cell = table["counts"].setdefault(str(feature), {}).setdefault(column, {})
+                cell[check] = cell.get(check, 0) + count
+
+    def column_key(column: str) -> tuple[Any, ...]:
+        dtype, _, device = column.partition(" · ")
+        return (_rank(DTYPE_ORDER, dtype), device)
+
+    claim_rank = {claim: index for index, claim in enumerate(claim_order(report))}
+    tables = []
+    for claim in sorted(claims, key=lambda c: claim_rank.get(c, len(claim_rank))):
+        table = claims[claim]
+        checks = [check for check in COVERAGE_CHECKS if check in table["checks"]]
+        columns = sorted(table["columns"], key=column_key)
+        rows = []
+        for feature, by_column in table["counts"].items():
+            cells = {}
+            for column in columns:
+                counts = [by_column.get(column, {}).get(check) for check in checks]
+                cells[column] = {"counts": counts, "zero": 0 in counts,
+                                 "text": " / ".join(MISSING if n is None else str(n) for n in counts)}
+            rows.append({"feature": feature, "cells": cells})
+        tables.append({"claim": claim, "checks": checks, "columns": columns, "rows": rows})
+    return tables
 
 
 def skipped_entries(report: dict[str, Any]) -> list[dict[str, str]]:
@@ -401,6 +453,24 @@ def _matrix_section(report: dict[str, Any]) -> list[str]:
     lines += _table(header, rows, ["---", "---", "---"] + [":---:"] * len(matrix["columns"]))
     legend = ", ".join(f"{icon} {status}" for status, icon in STATUS_ICON.items())
     return lines + ["", f"Legend: {legend}; an empty cell was not run."]
+
+
+def _coverage_section(report: dict[str, Any]) -> list[str]:
+    tables = coverage_tables(report)
+    if not tables:
+        return []
+    lines = ["## Geometry coverage", "",
+             "Examples that exercised each geometry feature (the corners of suites/features.py), per claim and "
+             "dtype; each cell counts the checks named above the table. **0**: a corner the check never met.", ""]
+    for table in tables:
+        lines += [f"### {md_code(table['claim'], in_table=False)}: " + " / ".join(table["checks"]), ""]
+        rows = [[md_code(row["feature"])] + [" / ".join(
+            MISSING if n is None else f"**{n}**" if n == 0 else str(n) for n in row["cells"][column]["counts"])
+            for column in table["columns"]] for row in table["rows"]]
+        lines += _table(["Feature"] + [md_escape(column) for column in table["columns"]], rows,
+                        ["---"] + [":---:"] * len(table["columns"]))
+        lines.append("")
+    return lines[:-1]
 
 
 def _differ_section(report: dict[str, Any]) -> list[str]:
@@ -571,7 +641,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     report = as_dict(report)
     sections = [["# Layer conformance report", ""] + _headline(report), _matrix_section(report),
                 _differ_section(report), _failures_section(report), _speed_section(report),
-                _divergences_section(report), _skips_section(report),
+                _coverage_section(report), _divergences_section(report), _skips_section(report),
                 _claims_section(report), _environment_section(report)]
     return "\n\n".join("\n".join(section) for section in sections if section) + "\n"
 

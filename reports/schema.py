@@ -18,6 +18,10 @@ RESULT_KEYS = (
     "nodeid", "claim", "relation", "check", "variants", "dtype", "device",
     "status", "examples", "max_abs_error", "max_bound_ratio", "reason",
 )
+# Fields that only some results carry (readers treat them as optional):
+# - features: results of the checks that draw a geometry (forward, gradient, depth, batch): {feature name
+#   (suites.features): examples that exercised it}, every feature the claim can exercise, zeros included
+OPTIONAL_RESULT_KEYS = ("features",)
 
 
 class ReportError(Exception):

@@ -121,7 +121,26 @@ class ClaimRunner:
         self._geometries_seen.add(geometry_key(dims))
         self.record["geometries"] = len(self._geometries_seen)  # distinct geometries this test ran
         self.record["geometry_pool"] = self.geometries  # None: each example drew its own
+        self._count_features(dims)
         return dims
+
+    def _count_features(self, dims: Dims) -> None:
+        """record["features"]: for every feature the claim can exercise (suites.features: those its dims strategy
+        can produce, else those of its example's kind, and permuted-layout from its variants), the examples that
+        exercised it; zeros included, so that a corner never met shows."""
+        from suites.features import FEATURE_NAMES, claim_features, example_features, features_for, layout_features
+        from suites.strategies import strategy_features
+
+        claim = self.case.claim
+        counts = self.record.get("features")
+        if counts is None:
+            produced = strategy_features(claim.dims)
+            if produced is None:
+                produced = frozenset(f.name for f in features_for(claim.example))
+            names = produced | claim_features(claim)
+            counts = self.record["features"] = dict.fromkeys((name for name in FEATURE_NAMES if name in names), 0)
+        for name in example_features(dims) | layout_features(self.runnable, dims, claim.input_shape(dims)):
+            counts[name] = counts.get(name, 0) + 1
 
     # ---- one example --------------------------------------------------------------------------
     def draw(self, data: st.DataObject) -> tuple[Dims, np.ndarray, Weights, str]:

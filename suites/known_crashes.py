@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from adapters.base import package_version
 from adapters.spec import LayerSpec
 from reports.flight import signal_name
+from suites.features import onednn_padding_only_geometry
 
 RECHECK_TIMEOUT = 240.0  # seconds per script: a TensorFlow import alone takes 25 s on a busy 2-core machine
 
@@ -53,12 +54,6 @@ for _ in range(20):  # heap corruption: glibc notices it after 2 of 3 single gra
 
 
 # ---- the torch bf16 oneDNN rule -------------------------------------------------------------------
-def padding_only_axis(n: int, low: int, high: int, kernel: int, stride: int, dilation: int) -> bool:
-    """Along this axis there are two or more output positions and every one reads only zero padding."""
-    out = (n + low + high - dilation * (kernel - 1) - 1) // stride + 1
-    return out >= 2 and all(not low <= i * stride + j * dilation < low + n for i in range(out) for j in range(kernel))
-
-
 def torch_bf16_onednn_crash(spec: LayerSpec, dtype: str, shape: Sequence[int]) -> bool:
     """The torch 2.13.0 oneDNN bf16 segfault (`brg_conv_fwd:avx512_core_bf16`): may this layer crash?
 
@@ -67,15 +62,9 @@ def torch_bf16_onednn_crash(spec: LayerSpec, dtype: str, shape: Sequence[int]) -
     plainly contiguous); zero padding that torch's conv applies itself (equal on both sides: the
     adapter hands anything else to F.pad, which gives oneDNN real zeros); and a spatial axis with
     stride >= 2 and dilation >= 2 whose output positions, two or more, all read only that padding.
+    The geometry is `suites.features.onednn_padding_only_geometry` (the `padding-only-axis` feature).
     """
-    if dtype != "bfloat16" or spec.kind != "conv" or spec.padding_mode != "zeros" \
-            or not isinstance(spec.padding, tuple):
-        return False
-    spatial = tuple(shape[1:-1])
-    if spec.in_features == 1 and all(n == 1 for n in spatial):
-        return False
-    return any(low == high and s >= 2 and d >= 2 and padding_only_axis(n, low, high, k, s, d)
-               for (low, high), s, d, n, k in zip(spec.padding, spec.strides, spec.dilation, spatial, spec.kernel_size))
+    return dtype == "bfloat16" and onednn_padding_only_geometry(spec, shape)
 
 
 # ---- re-checking a crash in a child process -------------------------------------------------------

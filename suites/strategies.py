@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import Counter
 import zlib
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from adapters.spec import LayerSpec, numpy_dtype
+from suites.features import CONV_FEATURES, DENSE_FEATURES, example_features
 
 Dims = dict[str, Any]
 STYLES = ("normal", "uniform", "wide-range", "small-integers")
@@ -22,14 +24,23 @@ STYLES = ("normal", "uniform", "wide-range", "small-integers")
 def sequence_dims(*, batch: tuple[int, int] = (1, 4), length: tuple[int, int] = (1, 8),
                   features: tuple[int, int] = (1, 48), out: tuple[int, int] = (1, 48)) -> st.SearchStrategy[Dims]:
     """B, L, K, N for a (B, L, K) input mapped to N features."""
-    return st.fixed_dictionaries({
+    return _produces(st.fixed_dictionaries({
         "B": st.integers(*batch), "L": st.integers(*length), "K": st.integers(*features), "N": st.integers(*out),
-    })
+    }), _dense_produces({"B": batch, "L": length, "K": features, "N": out}))
+
+
+def _dense_produces(ranges: dict[str, tuple[int, int]]) -> frozenset[str]:
+    """The dense features (suites.features) that sizes drawn from these (low, high) ranges can have."""
+    can = {"length-1": ("L", 1), "single-in-feature": ("K", 1), "single-out-feature": ("N", 1), "batch-1": ("B", 1)}
+    names = {name for name, (key, value) in can.items() if key in ranges and ranges[key][0] <= value <= ranges[key][1]}
+    return frozenset(names | ({"batch-many"} if "B" in ranges and ranges["B"][1] > 1 else set()))
 
 
 def fixed(**values: int) -> st.SearchStrategy[Dims]:
     """Fixed sizes (a claim about specific numbers); only the batch is drawn if not given."""
-    return st.fixed_dictionaries({"B": st.integers(1, 4), **{k: st.just(v) for k, v in values.items()}})
+    ranges = {"B": (1, 4), **{k: (v, v) for k, v in values.items()}}
+    return _produces(st.fixed_dictionaries({"B": st.integers(1, 4), **{k: st.just(v) for k, v in values.items()}}),
+                     _dense_produces(ranges))
 
 
 # conv_dims draws a dozen values per geometry; a strategy object built anew for each draw cost about
@@ -39,28 +50,184 @@ _sampled_from = functools.lru_cache(maxsize=None)(st.sampled_from)
 _BOOLEANS = st.booleans()
 
 
-@st.composite
-def conv_dims(draw: st.DrawFn, rank: int, *, max_groups: int = 3, max_kernel: int = 5, max_stride: int = 3,
-              max_dilation: int = 3, max_channels_per_group: int = 4,
-              paddings: tuple[str, ...] = ("valid", "same", "explicit"), padding_mode: str = "zeros",
-              strides: int | None = None) -> Dims:
+# the features a strategy can produce (suites.features), by strategy: the pool keeps a geometry of each
+_PRODUCES: dict[int, tuple[st.SearchStrategy[Dims], frozenset[str]]] = {}
+
+
+def _produces(strategy: st.SearchStrategy[Dims], names: Any) -> st.SearchStrategy[Dims]:
+    _PRODUCES[id(strategy)] = (strategy, frozenset(names))
+    return strategy
+
+
+def strategy_features(strategy: st.SearchStrategy[Any]) -> frozenset[str] | None:
+    """The features (suites.features) that a dims strategy can produce; None when it does not say.
+
+    conv_dims, sequence_dims, dense_dims and fixed say; st.one_of of strategies that say, the union.
+    """
+    known = _PRODUCES.get(id(strategy))
+    if known is not None and known[0] is strategy:
+        return known[1]
+    branches = getattr(strategy, "original_strategies", None)
+    if branches:
+        parts = [strategy_features(branch) for branch in branches]
+        if all(part is not None for part in parts):
+            return frozenset().union(*parts)  # type: ignore[arg-type]
+    return None
+
+
+_PADDED = ("explicit", "causal", "flax-border")  # paddings under which an input may be shorter than the kernel
+
+
+def _same_total(n: int, k: int, s: int, d: int) -> int:
+    """Total padding of "same" along an axis (LayerSpec.explicit_padding's rule)."""
+    return max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+
+
+_RARE_CORNERS = ("padding-only-axis", "same-odd-padding", "same-even-padding")
+_SAME_PARITY = {"same-odd-padding": lambda t: t % 2 == 1, "same-even-padding": lambda t: t > 0 and t % 2 == 0}
+
+
+@functools.lru_cache(maxsize=None)
+def _same_pairs(corner: str, max_kernel: int, s: int, d: int) -> tuple[tuple[int, int], ...]:
+    """(kernel, length) pairs of an axis whose "same" total padding has the corner's parity."""
+    return tuple((k, n) for k in range(1, max_kernel + 1) for n in range((k - 1) * d + 1, (k - 1) * d + 10)
+                 if _SAME_PARITY[corner](_same_total(n, k, s, d)))
+
+
+@functools.lru_cache(maxsize=None)
+def _same_choices(corner: str, max_kernel: int, s: int, d: int) -> st.SearchStrategy[tuple[int, int]]:
+    pairs = _same_pairs(corner, max_kernel, s, d)
+    return st.sampled_from(pairs) if pairs else st.nothing()
+
+
+def conv_corners(rank: int, *, max_groups: int = 3, max_kernel: int = 5, max_stride: int = 3, max_dilation: int = 3,
+                 max_channels_per_group: int = 4, paddings: tuple[str, ...] = ("valid", "same", "explicit"),
+                 padding_mode: str = "zeros", strides: int | None = None) -> tuple[str, ...]:
+    """The features conv_dims can produce with these options, in suites.features order."""
+    stride_most = strides or max_stride
+    can = {
+        "length-1": True,
+        "shorter-than-dilated-kernel": bool(set(paddings) & set(_PADDED)) and max_kernel >= 2,
+        "single-in-channel": True, "single-out-channel": True,
+        "per-axis-strides": rank == 2 and strides is None and max_stride >= 2,
+        "stride-over-kernel": stride_most >= 2,
+        "padding-only-output": "explicit" in paddings or ("flax-border" in paddings and padding_mode != "reflect"
+                                                          and max_kernel >= 2 and max_dilation >= 2),
+        "padding-only-axis": ("explicit" in paddings and padding_mode == "zeros" and max_dilation >= 2
+                              and (strides == 2 or (strides is None and max_stride >= 2))
+                              and (max_channels_per_group >= 2 or max_groups >= 2)),
+        "depthwise": max_groups >= 2,
+        "dilation-with-stride": stride_most >= 2 and max_dilation >= 2,
+        "dilation-stride-1": (strides or 1) == 1 and max_dilation >= 2 and max_kernel >= 2,
+        "batch-1": True, "batch-many": True,
+    }
+    for corner in _SAME_PARITY:
+        can[corner] = "same" in paddings and any(
+            _same_pairs(corner, max_kernel, s, 1) for s in ((strides,) if strides else range(1, max_stride + 1)))
+    return tuple(f.name for f in CONV_FEATURES if can.get(f.name))
+
+
+def conv_dims(rank: int, *, max_groups: int = 3, max_kernel: int = 5, max_stride: int = 3, max_dilation: int = 3,
+              max_channels_per_group: int = 4, paddings: tuple[str, ...] = ("valid", "same", "explicit"),
+              padding_mode: str = "zeros", strides: int | None = None) -> st.SearchStrategy[Dims]:
     """A convolution spec and an input shape it accepts, drawn together.
 
     groups divides both channel counts; every spatial size is at least the dilated kernel minus the padding.
     `paddings` may also hold "causal" and "flax-border" (Flax's CIRCULAR/REFLECT amounts,
     ((k_d - 1) // 2, k_d // 2)); reflect padding gets inputs longer than the pad.
+    Most draws aim at a corner first (a feature of suites.features that these options can produce:
+    a length-1 axis, a single channel, groups == channels, stride over kernel, outputs that read only
+    padding, ...), then draw the rest freely; "none" (the first choice, what examples shrink to)
+    draws everything freely.
     """
-    groups = draw(cached_integers(1, max_groups), label="groups")
-    cin = groups * draw(cached_integers(1, max_channels_per_group), label="in per group")
-    cout = groups * draw(cached_integers(1, max_channels_per_group), label="out per group")
-    kernel = tuple(draw(cached_integers(1, max_kernel), label="kernel") for _ in range(rank))
-    strides_ = tuple(strides or draw(cached_integers(1, max_stride), label="stride") for _ in range(rank))
-    dilation = tuple(draw(cached_integers(1, max_dilation), label="dilation") for _ in range(rank))
-    mode = draw(_sampled_from(paddings), label="padding")
+    options = dict(max_groups=max_groups, max_kernel=max_kernel, max_stride=max_stride, max_dilation=max_dilation,
+                   max_channels_per_group=max_channels_per_group, paddings=paddings, padding_mode=padding_mode,
+                   strides=strides)
+    produces = conv_corners(rank, **options)
+    # the batch varies anyway; corners that free draws almost never meet are aimed at three times as often
+    forced = ("none",) + tuple(c for c in produces if c not in ("batch-1", "batch-many")) \
+        + 2 * tuple(c for c in produces if c in _RARE_CORNERS)
+    return _produces(_conv_dims(rank, forced, **options), produces)
+
+
+@st.composite
+def _conv_dims(draw: st.DrawFn, rank: int, corners: tuple[str, ...], *, max_groups: int, max_kernel: int,
+               max_stride: int, max_dilation: int, max_channels_per_group: int, paddings: tuple[str, ...],
+               padding_mode: str, strides: int | None) -> Dims:
+    corner = draw(_sampled_from(corners), label="corner")
+    axis = draw(cached_integers(0, rank - 1), label="corner axis") if corner != "none" and rank > 1 else 0
+    per_group = cached_integers(1, max_channels_per_group)
+    if corner == "depthwise":
+        groups = draw(cached_integers(2, max_groups), label="groups")
+        cin, cout = groups, groups * draw(per_group, label="out per group")
+    elif corner in ("single-in-channel", "single-out-channel"):
+        groups = 1
+        cin = 1 if corner == "single-in-channel" else draw(per_group, label="in per group")
+        cout = 1 if corner == "single-out-channel" else draw(per_group, label="out per group")
+    else:
+        groups = draw(cached_integers(1, max_groups), label="groups")
+        least_in = 2 if corner == "padding-only-axis" and groups == 1 else 1  # a view torch sees as channels-last
+        cin = groups * draw(cached_integers(min(least_in, max_channels_per_group), max_channels_per_group),
+                            label="in per group")
+        if cin == 1 and least_in == 2:
+            groups = cin = 2
+        cout = groups * draw(per_group, label="out per group")
+    kernel = [draw(cached_integers(1, max_kernel), label="kernel") for _ in range(rank)]
+    strides_ = [strides or draw(cached_integers(1, max_stride), label="stride") for _ in range(rank)]
+    dilation = [draw(cached_integers(1, max_dilation), label="dilation") for _ in range(rank)]
+    if corner == "per-axis-strides":
+        strides_[axis] = draw(_sampled_from(tuple(s for s in range(1, max_stride + 1) if s != strides_[1 - axis])),
+                              label="stride")
+    elif corner == "stride-over-kernel":
+        kernel[axis] = draw(cached_integers(1, min(max_kernel, (strides or max_stride) - 1)), label="kernel")
+        strides_[axis] = strides or draw(cached_integers(kernel[axis] + 1, max_stride), label="stride")
+    elif corner == "dilation-with-stride":
+        dilation[axis] = draw(cached_integers(2, max_dilation), label="dilation")
+        strides_[axis] = strides or draw(cached_integers(2, max_stride), label="stride")
+    elif corner == "dilation-stride-1":
+        strides_ = [1] * rank
+        kernel[axis] = draw(cached_integers(2, max_kernel), label="kernel")
+        dilation[axis] = draw(cached_integers(2, max_dilation), label="dilation")
+    elif corner == "padding-only-output" and "explicit" not in paddings:  # taps 0 and d around a short input
+        kernel[axis] = 2
+        dilation[axis] = draw(cached_integers(2, max_dilation), label="dilation")
+    elif corner in ("padding-only-output", "padding-only-axis"):
+        kernel[axis] = 1
+        if corner == "padding-only-axis":  # length 1 between pads of 1: both outputs (stride 2) read only padding
+            strides_[axis] = 2
+            dilation[axis] = draw(cached_integers(2, max_dilation), label="dilation")
+    elif corner == "shorter-than-dilated-kernel":
+        kernel[axis] = draw(cached_integers(2, max_kernel), label="kernel")
+    if corner in ("padding-only-output", "padding-only-axis"):
+        mode = "explicit" if "explicit" in paddings else "flax-border"
+    elif corner == "shorter-than-dilated-kernel":
+        mode = draw(_sampled_from(tuple(p for p in paddings if p in _PADDED)), label="padding")
+    elif corner in _SAME_PARITY:
+        mode = "same"
+    else:
+        mode = draw(_sampled_from(paddings), label="padding")
+    if corner == "length-1" and (mode in ("valid", "same") or padding_mode in ("reflect", "circular")
+                                 or (mode == "explicit" and dilation[axis] > 2)):
+        kernel[axis] = 1  # else the padding covers the dilated kernel (below)
+    if corner in _SAME_PARITY:
+        kernel[axis], same_length = draw(_same_choices(corner, max_kernel, strides_[axis], dilation[axis]),
+                                         label="kernel and length")
     if mode == "explicit":
-        padding: Any = tuple((draw(cached_integers(0, k - 1 if k > 1 else 1)),
-                              draw(cached_integers(0, k - 1 if k > 1 else 1))) for k in kernel)
-        pads = padding
+        padding: Any = []
+        for i, k in enumerate(kernel):
+            most = k - 1 if k > 1 else 1
+            if i == axis and corner == "padding-only-axis":
+                padding.append((1, 1))
+            elif i == axis and corner == "padding-only-output":  # the first output reads only the low pad
+                padding.append((1, draw(cached_integers(0, 1))))
+            elif i == axis and corner == "length-1" and k > 1:  # (k - 1) * d <= 2 * (k - 1): d <= 2
+                padding.append((k - 1, k - 1))
+            elif i == axis and corner == "shorter-than-dilated-kernel":
+                low = draw(cached_integers(0, most))
+                padding.append((low, draw(cached_integers(0 if low else 1, most))))
+            else:
+                padding.append((draw(cached_integers(0, most)), draw(cached_integers(0, most))))
+        padding = pads = tuple(padding)
     elif mode == "flax-border":
         padding = pads = tuple((((k - 1) * d) // 2, ((k - 1) * d + 1) // 2) for k, d in zip(kernel, dilation))
     elif mode == "causal":
@@ -68,25 +235,36 @@ def conv_dims(draw: st.DrawFn, rank: int, *, max_groups: int = 3, max_kernel: in
     else:
         padding, pads = mode, ((0, 0),) * rank
     spatial = []
-    for k, d, (lo, hi) in zip(kernel, dilation, pads):
-        least = max(1, (k - 1) * d + 1 - lo - hi)
+    for i, (k, d, (lo, hi)) in enumerate(zip(kernel, dilation, pads)):
+        reach = (k - 1) * d + 1
+        least = max(1, reach - lo - hi)
         if padding_mode == "reflect":
             least = max(least, lo + 1, hi + 1)
         elif padding_mode == "circular":  # torch wraps at most once around the input
             least = max(least, lo, hi)
-        spatial.append(draw(cached_integers(least, least + 8), label="spatial"))
+        if i == axis and corner in ("length-1", "padding-only-axis") and least == 1:
+            spatial.append(1)
+        elif i == axis and corner == "padding-only-output" and mode == "flax-border":
+            spatial.append(least)
+        elif i == axis and corner == "shorter-than-dilated-kernel" and least < reach:
+            spatial.append(draw(cached_integers(least, reach - 1), label="spatial"))
+        elif i == axis and corner in _SAME_PARITY:
+            spatial.append(same_length)
+        else:
+            spatial.append(draw(cached_integers(least, least + 8), label="spatial"))
     bias = draw(_BOOLEANS, label="bias")
-    spec = LayerSpec.conv(cin, cout, kernel, strides=strides_, padding=padding, dilation=dilation,
-                          groups=groups, bias=bias, padding_mode=padding_mode)
+    spec = LayerSpec.conv(cin, cout, tuple(kernel), strides=tuple(strides_), padding=padding,
+                          dilation=tuple(dilation), groups=groups, bias=bias, padding_mode=padding_mode)
     batch = draw(cached_integers(1, 3), label="batch")
     return {"spec": spec, "shape": (batch, *spatial, cin)}
 
 
 def dense_dims() -> st.SearchStrategy[Dims]:
     """A dense spec (bias on or off) and a (B, L, K) input."""
-    return st.builds(
+    sizes = sequence_dims()
+    return _produces(st.builds(
         lambda d, bias: {**d, "spec": LayerSpec.dense(d["K"], d["N"], bias=bias), "shape": (d["B"], d["L"], d["K"])},
-        sequence_dims(), st.booleans())
+        sizes, st.booleans()), strategy_features(sizes))
 
 
 def random_array(rng: np.random.Generator, shape: tuple[int, ...], style: str, dtype: str) -> np.ndarray:
@@ -150,51 +328,93 @@ def geometry_key(dims: Dims) -> tuple[tuple[str, Any], ...]:
 
 
 POOL_CANDIDATES = 6  # candidates drawn per pool member
+POOL_ROUNDS = 8  # at most this many rounds of candidates, while a corner the strategy can produce is held by < 2
+_POOLS: dict[tuple[int, int, str], tuple[st.SearchStrategy[Dims], list[Dims]]] = {}  # (id(dims), size, key) ->
 
 
 def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Dims]:
-    """`size` distinct geometries of `dims` that cover its features in pairs; the same for the same `key`.
+    """`size` distinct geometries of `dims` that hold its corners and cover its features in pairs; the same
+    for the same `key`.
 
     Hypothesis draws the candidates (seeded from `key`, generation phase only: its mix of the
     smallest sizes, boundaries and random ones), POOL_CANDIDATES per member. The first candidate
     (the simplest geometry) and the largest are kept (bugs that show only on large tensors need
-    one); then each member is the candidate that covers the most feature pairs not yet covered
-    (a feature: a size, or a layer field such as stride, dilation, groups, padding kind or bias,
-    bucketed as 1, 2-4 or more). So the pool holds, e.g., a dilated convolution with stride 1 (the
-    only dilation Keras accepts) next to strided ones, rather than whatever the first draws were.
-    A test that draws from the pool (st.sampled_from) runs its examples over these geometries with
-    fresh data, so a layer compiled for a geometry serves several examples. Fewer than `size` when
-    the strategy has fewer distinct values.
+    one); then each member is the candidate that holds the most corners no member holds yet (a
+    feature of suites.features: length 1, a single channel, depthwise, outputs that read only
+    padding, ...), then the most corners only one member holds, then the most feature pairs not yet
+    covered (a coarse feature: a size, or a layer field such as stride, dilation, groups, padding
+    kind or bias, bucketed as 1, 2-4 or more). While some corner that the strategy can produce
+    (`strategy_features`) is held by fewer than two members, another round of candidates is drawn
+    and the pool chosen again (up to POOL_ROUNDS rounds). So every corner the strategy can produce
+    is in the pool (twice where the rounds find it), and the pool holds, e.g., a dilated convolution
+    with stride 1 (the only dilation Keras accepts) next to strided ones, rather than whatever the
+    first draws were. A test that draws from the pool (st.sampled_from) runs its examples over these
+    geometries with fresh data, so a layer compiled for a geometry serves several examples; the
+    checks of one case ask for the same pool, which is built once per process. Fewer than `size`
+    when the strategy has fewer distinct values.
     """
+    known = _POOLS.get((id(dims), size, key))
+    if known is None or known[0] is not dims:
+        known = _POOLS[(id(dims), size, key)] = (dims, _build_pool(dims, size, key))
+    return [dict(member) for member in known[1]]
+
+
+def _build_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Dims]:
+    candidates: dict[tuple[tuple[str, Any], ...], Dims] = {}
+    wanted = strategy_features(dims) or frozenset()
+    named: list[frozenset[str]] = []
+    for extra in range(POOL_ROUNDS):
+        _draw_candidates(dims, POOL_CANDIDATES * size, zlib.crc32(key.encode() if extra == 0 else
+                                                                  f"{key}#{extra}".encode()), candidates)
+        named += [example_features(candidate) for candidate in list(candidates.values())[len(named):]]
+        chosen = _select(list(candidates.values()), named, size)
+        held = Counter(name for i in chosen for name in named[i])
+        if all(held[name] >= 2 for name in wanted):  # each corner twice: a pool member is drawn ~5 times in 50
+            break
+    drawn = list(candidates.values())
+    return [drawn[i] for i in chosen]
+
+
+def _select(drawn: list[Dims], named: list[frozenset[str]], size: int) -> list[int]:
+    """The pool members' indices in `drawn` (see geometry_pool); `named`: each candidate's features."""
     import itertools
 
+    if not drawn:
+        return []
+    pairs = []
+    for candidate in drawn:
+        singles = _features(candidate)
+        pairs.append(set(singles) | set(itertools.combinations(singles, 2)))
+    largest = max(range(len(drawn)), key=lambda i: (_elements(drawn[i]), -i))
+    chosen = [0] if largest == 0 else [0, largest]
+    held = Counter(name for i in chosen for name in named[i])
+    covered = set().union(*(pairs[i] for i in chosen))
+
+    def gain(i: int) -> tuple[int, int, int]:
+        return (sum(held[name] == 0 for name in named[i]), sum(held[name] == 1 for name in named[i]),
+                len(pairs[i] - covered))
+
+    while len(chosen) < min(size, len(drawn)):
+        best = max((i for i in range(len(drawn)) if i not in chosen), key=gain)
+        chosen.append(best)
+        covered |= pairs[best]
+        held.update(named[best])
+    return chosen
+
+
+def _draw_candidates(dims: st.SearchStrategy[Dims], count: int, seed_: int,
+                     into: dict[tuple[tuple[str, Any], ...], Dims]) -> None:
+    """Up to `count` hypothesis draws of `dims` (generation phase only), added to `into` by geometry."""
     from hypothesis import HealthCheck, Phase, given, seed, settings
 
-    candidates: dict[tuple[tuple[str, Any], ...], Dims] = {}
-
-    @seed(zlib.crc32(key.encode()))
-    @settings(max_examples=POOL_CANDIDATES * size, database=None, deadline=None, derandomize=False,
+    @seed(seed_)
+    @settings(max_examples=count, database=None, deadline=None, derandomize=False,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck), print_blob=False)
     @given(dims)
     def collect(drawn: Dims) -> None:
-        candidates.setdefault(geometry_key(drawn), drawn)
+        into.setdefault(geometry_key(drawn), drawn)
 
     collect()
-    drawn = list(candidates.values())
-    if not drawn:
-        return []
-    features = []
-    for candidate in drawn:
-        singles = _features(candidate)
-        features.append(set(singles) | set(itertools.combinations(singles, 2)))
-    largest = max(range(len(drawn)), key=lambda i: (_elements(drawn[i]), -i))
-    chosen = [0] if largest == 0 else [0, largest]
-    covered = set().union(*(features[i] for i in chosen))
-    while len(chosen) < min(size, len(drawn)):
-        best = max((i for i in range(len(drawn)) if i not in chosen), key=lambda i: len(features[i] - covered))
-        chosen.append(best)
-        covered |= features[best]
-    return [drawn[i] for i in chosen]
 
 
 def _elements(dims: Dims) -> int:
