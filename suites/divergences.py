@@ -27,8 +27,9 @@ from packaging.version import InvalidVersion, Version
 
 from adapters.spec import LayerSpec
 from suites.bounds import UNIT_ROUNDOFF, bound_ratio
-from suites.known_crashes import (TF_GROUPED_DILATED_ABORT_SCRIPT, TORCH_BF16_ONEDNN_SCRIPT, KnownCrash,
-                                  installed_version, torch_bf16_onednn_crash)
+from suites.known_crashes import (TF_GROUPED_DILATED_ABORT_SCRIPT, TORCH_BF16_ONEDNN_SCRIPT,
+                                  TORCH_F32_ONEDNN_BIAS_SCRIPT, KnownCrash, installed_version,
+                                  torch_bf16_onednn_crash, torch_f32_onednn_bias_crash)
 
 Kind = Literal["numeric", "exception", "crash"]
 KINDS = ("numeric", "exception", "crash")
@@ -163,7 +164,8 @@ DIVERGENCES: tuple[Divergence, ...] = (
         evidence="torch 2.13.0+cpu alone (issue 13): Conv1d(3, 12, kernel_size=1, stride=2, padding=1, dilation=2, "
                  "bias=False) in bfloat16 on torch.zeros(2, 1, 3).permute(0, 2, 1) exits -11, 3 of 3 runs; "
                  "Conv2d(3, 12, 1, stride=(1, 2), padding=(0, 1), dilation=(1, 2)) on an NHWC-permuted (2, 3, 2, 1) "
-                 "input likewise; float32, float16, float64, contiguous NCL strides and "
+                 "input likewise; float32 (without a bias: with one, see torch-f32-onednn-padding-only-bias-segfault), "
+                 "float16, float64, contiguous NCL strides (for lengths above 1) and "
                  "torch.backends.mkldnn.enabled = False do not crash; with batch 1 it crashes only with one thread. "
                  "A float32 Conv1d on the float32 permuted view under torch.autocast('cpu', dtype=torch.bfloat16) "
                  "(the mixed_bfloat16 variant) exits -11 as well, 2 of 2 runs. "
@@ -177,6 +179,30 @@ DIVERGENCES: tuple[Divergence, ...] = (
                  "suites.known_crashes sweep 600 11 2`: 600 random geometries, 6 crashed, all inside the rule (7 "
                  "inside it did not); 600 geometries inside the rule: 240 crashed. The rule is a superset: the "
                  "crash looks like an out-of-bounds access whose effect depends on memory layout.",
+        checks=("forward", "gradient", "batch", "depth"),
+        gradients=("input", "kernel", "bias"),
+    ),
+    Divergence(
+        id="torch-f32-onednn-padding-only-bias-segfault",
+        framework="torch",
+        applies=lambda spec, dtype, backend, shape: torch_f32_onednn_bias_crash(spec, dtype, shape),
+        versions={"torch": "==2.13.0"},
+        kind="crash",
+        devices=("cpu",),
+        ceiling=Ceiling("not run in-process (the process dies with SIGSEGV); re-checked in a child process every run"),
+        script=TORCH_F32_ONEDNN_BIAS_SCRIPT,
+        summary="torch's CPU float32 convolution with a bias kills the process with SIGSEGV on the geometry of "
+                "torch-bf16-onednn-padding-only-segfault (a spatial axis with stride >= 2 and dilation >= 2 whose "
+                "two or more output positions all read only the zero padding torch's conv applies itself); "
+                "without a bias float32 does not crash (suites.known_crashes.torch_f32_onednn_bias_crash).",
+        evidence="Found by the ci pool's padding-only-axis corner: suites/test_forward.py::test_forward"
+                 "[xfw-conv1d-float32-cpu] died with SIGSEGV in torch.Conv1d forward on conv1d(4->3, k=1, s=2, "
+                 "pad=((1, 1),), d=3), input (3, 1, 4). torch 2.13.0+cpu alone, one child process each, "
+                 "Conv1d(cin, cout, kernel_size=1, stride=2, padding=1, dilation=d) on randn(b, L, cin).permute(0, "
+                 "2, 1): (cin, cout, d, b) = (3, 12, 2, 2), (4, 3, 3, 3), (4, 3, 2, 3), (8, 8, 2, 2) with L = 1 exit "
+                 "-11 in float32 with bias=True (one and two threads) and exit 0 with bias=False; bfloat16 exits -11 "
+                 "with and without a bias; float16 and float64 never crash; L = 2 (an output that reads the input) "
+                 "and one input channel with every spatial size 1 do not crash.",
         checks=("forward", "gradient", "batch", "depth"),
         gradients=("input", "kernel", "bias"),
     ),

@@ -36,6 +36,15 @@ with torch.no_grad():
     conv(x)
 """
 
+TORCH_F32_ONEDNN_BIAS_SCRIPT = """\
+import torch
+torch.set_num_threads(1)
+conv = torch.nn.Conv1d(4, 3, kernel_size=1, stride=2, padding=1, dilation=3, bias=True)
+x = torch.randn(3, 1, 4).permute(0, 2, 1)  # channels-last view, length 1
+with torch.no_grad():
+    conv(x)
+"""
+
 TF_GROUPED_DILATED_ABORT_SCRIPT = """\
 import os
 os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -57,14 +66,20 @@ for _ in range(20):  # heap corruption: glibc notices it after 2 of 3 single gra
 def torch_bf16_onednn_crash(spec: LayerSpec, dtype: str, shape: Sequence[int]) -> bool:
     """The torch 2.13.0 oneDNN bf16 segfault (`brg_conv_fwd:avx512_core_bf16`): may this layer crash?
 
-    bfloat16 convolution; an input that torch sees as a channels-last view (the torch adapter permutes
+    bfloat16 convolution (autocast to bfloat16 under mixed_bfloat16 included); an input that torch sees
+    as a channels-last view (the torch adapter permutes
     canonical (N, *s, C) to (N, C, *s) without a copy; with one channel and every spatial size 1 it is
     plainly contiguous); zero padding that torch's conv applies itself (equal on both sides: the
     adapter hands anything else to F.pad, which gives oneDNN real zeros); and a spatial axis with
     stride >= 2 and dilation >= 2 whose output positions, two or more, all read only that padding.
     The geometry is `suites.features.onednn_padding_only_geometry` (the `padding-only-axis` feature).
     """
-    return dtype == "bfloat16" and onednn_padding_only_geometry(spec, shape)
+    return dtype in ("bfloat16", "mixed_bfloat16") and onednn_padding_only_geometry(spec, shape)
+
+
+def torch_f32_onednn_bias_crash(spec: LayerSpec, dtype: str, shape: Sequence[int]) -> bool:
+    """The same torch 2.13.0 oneDNN segfault in float32: the same geometry, with a bias."""
+    return dtype == "float32" and spec.bias and onednn_padding_only_geometry(spec, shape)
 
 
 # ---- re-checking a crash in a child process -------------------------------------------------------
