@@ -461,7 +461,8 @@ def _coverage_section(report: dict[str, Any]) -> list[str]:
         return []
     lines = ["## Geometry coverage", "",
              "Examples that exercised each geometry feature (the corners of suites/features.py), per claim and "
-             "dtype; each cell counts the checks named above the table. **0**: a corner the check never met.", ""]
+             "dtype; each cell counts the checks named above the table, summed over the runs that ran the claim "
+             "(one per Keras backend for claims with Keras variants). **0**: a corner the check never met.", ""]
     for table in tables:
         lines += [f"### {md_code(table['claim'], in_table=False)}: " + " / ".join(table["checks"]), ""]
         rows = [[md_code(row["feature"])] + [" / ".join(
