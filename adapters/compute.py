@@ -80,22 +80,15 @@ def jax_operand_dtypes(fn: Callable[..., Any], *args: Any) -> set[str]:
         for eqn in jaxpr.eqns:
             if eqn.primitive.name in _JAX_CORE:
                 found.update(_name(v.aval.dtype) for v in eqn.invars)
-            for sub in jax.core.jaxprs_in_params(eqn.params) if hasattr(jax.core, "jaxprs_in_params") else \
-                    _subjaxprs(eqn.params):
-                walk(sub)
+            for value in eqn.params.values():  # a nested program (pjit, custom_jvp, ...) is a ClosedJaxpr
+                for item in value if isinstance(value, (list, tuple)) else (value,):
+                    if hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+                        walk(item.jaxpr)
+                    elif hasattr(item, "eqns"):
+                        walk(item)
 
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
     return found
-
-
-def _subjaxprs(params: dict[str, Any]) -> list[Any]:
-    out = []
-    for value in params.values():
-        for item in value if isinstance(value, (list, tuple)) else (value,):
-            inner = getattr(item, "jaxpr", None)
-            if inner is not None:
-                out.append(getattr(inner, "jaxpr", inner) if hasattr(inner, "jaxpr") else inner)
-    return out
 
 
 _TORCH_CORE = ("convolution", "addmm", "mm", "bmm", "linear", "matmul", "baddbmm")

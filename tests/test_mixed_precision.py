@@ -128,3 +128,19 @@ def test_keras_mixed_policies_compute_in_half_on_every_backend(backend):
         assert "caught: ComputeDtypeError" in done.stdout and "float32" in done.stdout.split("caught:")[1]
     if backend == "torch":
         assert "caught: RuntimeError" in done.stdout, done.stdout
+
+
+def test_operand_check_sees_the_dtypes_inside_jitted_programs():
+    """The jaxpr walk finds a matmul nested in a jitted call, and the dtype it really ran in."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from adapters.compute import jax_operand_dtypes
+
+    x = jnp.ones((2, 3), jnp.bfloat16)
+    w = jnp.ones((3, 4), jnp.bfloat16)
+    widened = jax.jit(lambda a, b: jnp.dot(a.astype(jnp.float32), b.astype(jnp.float32)))
+    half = jax.jit(lambda a, b: jnp.dot(a, b))
+    assert jax_operand_dtypes(lambda a, b: widened(a, b) + 1, x, w) == {"float32"}
+    assert jax_operand_dtypes(half, x, w) == {"bfloat16"}
+    assert jax_operand_dtypes(lambda a, b: a + 1, x, w) == set()  # no matmul: check_operands then fails it
