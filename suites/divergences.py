@@ -88,6 +88,8 @@ class Divergence:
         return f"not run, documented divergence {self.id}: {self.summary}"
 
 
+SEGFAULT_CEILING = Ceiling("not run in-process (the process dies with SIGSEGV); re-checked in a child process every run")
+
 DIVERGENCES: tuple[Divergence, ...] = (
     Divergence(
         id="keras-torch-float64-matmul",
@@ -155,7 +157,7 @@ DIVERGENCES: tuple[Divergence, ...] = (
         versions={"torch": "==2.13.0"},
         kind="crash",
         devices=("cpu",),
-        ceiling=Ceiling("not run in-process (the process dies with SIGSEGV); re-checked in a child process every run"),
+        ceiling=SEGFAULT_CEILING,
         script=TORCH_BF16_ONEDNN_SCRIPT,
         summary="torch's CPU bfloat16 convolution (oneDNN brg_conv_fwd:avx512_core_bf16, on CPUs with AVX-512 "
                 "BF16) kills the process with SIGSEGV when, on a channels-last input view, a spatial axis with "
@@ -189,7 +191,7 @@ DIVERGENCES: tuple[Divergence, ...] = (
         versions={"torch": "==2.13.0"},
         kind="crash",
         devices=("cpu",),
-        ceiling=Ceiling("not run in-process (the process dies with SIGSEGV); re-checked in a child process every run"),
+        ceiling=SEGFAULT_CEILING,
         script=TORCH_F32_ONEDNN_BIAS_SCRIPT,
         summary="torch's CPU float32 convolution with a bias kills the process with SIGSEGV on the geometry of "
                 "torch-bf16-onednn-padding-only-segfault (a spatial axis with stride >= 2 and dilation >= 2 whose "
