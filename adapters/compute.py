@@ -13,18 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from .spec import POLICY_COMPUTE
+from .spec import POLICY_COMPUTE, compute_dtype
 
 _CHECKED: set[tuple[Any, ...]] = set()
 
 
 class ComputeDtypeError(AssertionError):
     """A layer computed in another dtype than the one it was built for."""
-
-
-def compute_dtype(dtype: str) -> str:
-    """The dtype a layer of `dtype` computes in: a mixed policy's half type, else the dtype itself."""
-    return POLICY_COMPUTE.get(dtype, dtype)
 
 
 def _name(dtype: Any) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 from .base import Adapter, Layer, canonical
 from .compute import check_operands, check_output, first_time, jax_operand_dtypes
 from .spec import POLICY_COMPUTE, LayerSpec, Weights, numpy_dtype
+from .spec import compute_dtype as _compute, variable_dtype as _param
 
 import jax  # noqa: E402
 
@@ -22,16 +23,6 @@ import jax.numpy as jnp  # noqa: E402
 from flax import linen, nnx  # noqa: E402
 
 _DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
-
-
-def _compute(dtype: str) -> str:
-    """The compute dtype (`dtype=` of a Flax layer): a mixed policy's half type."""
-    return POLICY_COMPUTE.get(dtype, dtype)
-
-
-def _param(dtype: str) -> str:
-    """The parameter dtype (`param_dtype=`): float32 under a mixed policy, as in mixed-precision training."""
-    return "float32" if dtype in POLICY_COMPUTE else dtype
 
 
 def _dtype_kw(dtype: str) -> dict[str, Any]:

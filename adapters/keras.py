@@ -18,6 +18,7 @@ from .base import Adapter, Layer, canonical
 from .compute import check_operands, check_output, first_time, jax_operand_dtypes, tf_operand_dtypes, \
     torch_operand_dtypes
 from .spec import POLICY_COMPUTE, LayerSpec, Weights, numpy_dtype
+from .spec import compute_dtype as _compute, variable_dtype as _variable
 
 
 @contextlib.contextmanager
@@ -61,16 +62,6 @@ if BACKEND == "jax":
 def _layout(array: Any, what: str, spec: LayerSpec, to_keras: bool) -> Any:
     """Keras layouts are the canonical ones: nothing to convert for activations, kernels or biases."""
     return array
-
-
-def _compute(dtype: str) -> str:
-    """The tensor dtype for a layer dtype: a mixed policy computes in its half type."""
-    return POLICY_COMPUTE.get(dtype, dtype)
-
-
-def _variable(dtype: str) -> str:
-    """The variable dtype: mixed policies keep float32 variables."""
-    return "float32" if dtype in POLICY_COMPUTE else dtype
 
 
 def _to_tensor(array: np.ndarray, dtype: str) -> Any:

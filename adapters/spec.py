@@ -21,6 +21,16 @@ DTYPES = ("float64", "float32", "float16", "bfloat16", "mixed_float16", "mixed_b
 POLICY_COMPUTE = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
+def compute_dtype(dtype: str) -> str:
+    """The dtype a layer of `dtype` computes in: a mixed policy's half type, else the dtype itself."""
+    return POLICY_COMPUTE.get(dtype, dtype)
+
+
+def variable_dtype(dtype: str) -> str:
+    """The dtype of a layer's parameters: float32 under a mixed policy, as in mixed-precision training."""
+    return "float32" if dtype in POLICY_COMPUTE else dtype
+
+
 class SpecError(ValueError):
     """An invalid layer description; the message names the parameter and the accepted values."""
 

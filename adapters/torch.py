@@ -10,15 +10,10 @@ import torch.nn.functional as F
 from .base import Adapter, Layer, canonical
 from .compute import check_operands, check_output, first_time, torch_operand_dtypes
 from .spec import POLICY_COMPUTE, LayerSpec, Weights
+from .spec import variable_dtype as _param  # float32 module and input under autocast, as in training
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DEVICES = {"cpu": "cpu", "gpu": "cuda"}
-
-
-def _param(dtype: str) -> str:
-    """Parameters (and the input fed to autocast) are float32 under a mixed policy, as in
-    mixed-precision training; `torch.autocast` casts them to the half type inside each op."""
-    return "float32" if dtype in POLICY_COMPUTE else dtype
 
 
 def _layout(array: Any, what: str, spec: LayerSpec, to_torch: bool) -> Any:
