@@ -15,6 +15,7 @@ framework that crashes or hangs its process costs the one test it was in, which 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import signal
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from reports.cores import usable_cores
 from reports.messages import headline
@@ -240,6 +241,26 @@ class _Forwarder:
             self.child = None
 
 
+@contextlib.contextmanager
+def _shared_pools() -> Iterator[None]:
+    """One folder of geometry pools for every part of the run (suites.strategies._shared_pool), so that
+    a case's pool is drawn once per run rather than once per worker of each part."""
+    import tempfile
+
+    from suites.strategies import POOL_DIR_ENV
+
+    before = os.environ.get(POOL_DIR_ENV)
+    with tempfile.TemporaryDirectory(prefix="conformance-pools-") as folder:
+        os.environ[POOL_DIR_ENV] = folder
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(POOL_DIR_ENV, None)
+            else:
+                os.environ[POOL_DIR_ENV] = before
+
+
 def _child_environment(backend: str | None, no_speed: bool, first: bool = True) -> dict[str, str]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
     if not first:
@@ -276,7 +297,7 @@ def run(argv: list[str]) -> int:
 
     progress = Progress()
     started = time.monotonic()
-    with _Forwarder() as signals:
+    with _Forwarder() as signals, _shared_pools():
         shards: list[tuple[str, Path]] = []
         problems: list[str] = []  # why the report is incomplete
         codes: list[int] = []

@@ -23,6 +23,7 @@ This module imports no framework; NumPy only.
 from __future__ import annotations
 
 import faulthandler
+import functools
 import io
 import json
 import os
@@ -32,7 +33,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 import zipfile
 from pathlib import Path
 from typing import Any, IO
@@ -57,6 +57,33 @@ def _overwrite(fd: int, data: bytes) -> None:
     os.ftruncate(fd, len(data))
 
 
+@functools.lru_cache(maxsize=4096)
+def _call_line(stage: str, framework: str, variant: str, spec: Any, input_shape: tuple[int, ...] | None) -> bytes:
+    """The call's JSON line up to its time stamp (without the closing brace): the same for every
+    example of a geometry, so serialized once."""
+    from suites.counterexamples import spec_to_json
+
+    line = json.dumps({"stage": stage, "framework": framework, "variant": variant, "layer": spec.describe(),
+                       "spec": spec_to_json(spec), "input_shape": None if input_shape is None else list(input_shape)})
+    return line[:-1].encode()
+
+
+_NPY_HEADERS: dict[tuple[int, ...], bytes] = {}
+
+
+def _npy_record(value: np.ndarray | None) -> list[Any]:
+    """`np.save` of a float64 array (an empty one for None) as [header, data]: the header, the slow
+    part of np.save, is formatted once per shape."""
+    if value is None:
+        value = np.empty(0)
+    header = _NPY_HEADERS.get(value.shape)
+    if header is None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros(value.shape), allow_pickle=False)
+        header = _NPY_HEADERS[value.shape] = buffer.getvalue()[:buffer.tell() - value.nbytes]
+    return [header, memoryview(value).cast("B")]
+
+
 class Recorder:
     """The worker side: one per process; a call costs one in-memory serialization and one write."""
 
@@ -69,6 +96,7 @@ class Recorder:
         self.fault: IO[str] = open(self.folder / "fault.txt", "w", encoding="utf-8")  # noqa: SIM115 (kept open)
         self._test_fd = os.open(self.folder / "test.json", os.O_RDWR | os.O_CREAT, 0o644)
         self._call_fd = os.open(self.folder / "call.bin", os.O_RDWR | os.O_CREAT, 0o644)
+        self._call_length = 0
         faulthandler.enable(file=self.fault, all_threads=True)
 
     def begin(self, nodeid: str) -> None:
@@ -76,6 +104,7 @@ class Recorder:
         self.test = {"nodeid": nodeid, "started": time.time()}
         _overwrite(self._test_fd, json.dumps(self.test).encode())
         os.ftruncate(self._call_fd, 0)
+        self._call_length = 0
         faulthandler.enable(file=self.fault, all_threads=True)  # again: pytest's own faulthandler may have taken it
         if self.timeout_s:
             faulthandler.dump_traceback_later(self.timeout_s, exit=True, file=self.fault)
@@ -98,18 +127,21 @@ class Recorder:
         """
         if not self.test:
             return  # outside a test (collection, other plugins' fixtures): nothing to attribute it to
-        from suites.counterexamples import spec_to_json
-
         x = arrays.get("x")
-        buffer = io.BytesIO()
-        buffer.write(json.dumps({
-            "stage": stage, "framework": framework, "variant": variant, "layer": spec.describe(),
-            "spec": spec_to_json(spec), "input_shape": None if x is None else list(np.shape(x)),
-            "at": time.time()}).encode() + b"\n")
+        shape = None if x is None else tuple(np.shape(x))
+        try:
+            line = _call_line(stage, framework, variant, spec, shape)
+        except TypeError:  # a spec that cannot be hashed (an `extra` holding a dict): serialized each time
+            line = _call_line.__wrapped__(stage, framework, variant, spec, shape)
+        parts = [line + f', "at": {time.time()!r}}}\n'.encode()]
         for name in ARRAYS:
             value = arrays.get(name)
-            np.save(buffer, np.empty(0) if value is None else np.asarray(value, dtype=np.float64), allow_pickle=False)
-        _overwrite(self._call_fd, buffer.getvalue())
+            parts += _npy_record(None if value is None else np.ascontiguousarray(value, dtype=np.float64))
+        data = b"".join(parts)
+        os.pwrite(self._call_fd, data, 0)
+        if len(data) < self._call_length:  # a shorter record than the last: drop the old one's tail
+            os.ftruncate(self._call_fd, len(data))
+        self._call_length = len(data)
 
     def close(self) -> None:
         faulthandler.cancel_dump_traceback_later()

@@ -13,7 +13,7 @@ from reports.plugin import (REPORT_OPTION, add_report_section, counterexample_fo
                             recorded_results)
 from suites.catalog import CLAIMS
 from suites.harness import Case, ClaimRunner, freeze_imports
-from suites.strategies import configured_pool_size
+from suites.strategies import POOL_DIR_ENV, configured_pool_size
 
 _RECORDED: set[str] = set()
 _NUMERICS_SET: set[str] = set()
@@ -66,7 +66,31 @@ def _configure_jax_cache(config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     _configure_jax_cache(config)
     _configure_threads(config)
+    _configure_pool_folder(config)
     _start_crash_rechecks(config)
+
+
+_POOL_FOLDER_KEY = pytest.StashKey[str]()
+
+
+def _configure_pool_folder(config: pytest.Config) -> None:
+    """In the controller: a folder where the first worker to build a case's geometry pool leaves it for the
+    others (suites.strategies._shared_pool); removed at the end. `conformance run` sets one for all its parts."""
+    if hasattr(config, "workerinput") or os.environ.get(POOL_DIR_ENV):
+        return
+    import tempfile
+
+    os.environ[POOL_DIR_ENV] = config.stash[_POOL_FOLDER_KEY] = tempfile.mkdtemp(prefix="conformance-pools-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_POOL_FOLDER_KEY, None)
+    if folder:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get(POOL_DIR_ENV) == folder:
+            del os.environ[POOL_DIR_ENV]
 
 
 RECHECK_ENV = "CONFORMANCE_CRASH_RECHECK"

@@ -22,6 +22,12 @@ from suites.catalog import Claim, Variant
 from suites.strategies import Dims
 
 MAX_DEPTH = 16
+EXAMPLE_SHARE = 2  # a depth example is a stack of up to MAX_DEPTH layers per variant: it gets this share of a profile's examples
+
+
+def depth_examples(profile_examples: int) -> int:
+    """Examples per depth test: half the profile's (25 under ci, 250 under thorough), each up to 16 layers deep."""
+    return max(1, profile_examples // EXAMPLE_SHARE)
 
 
 def stackable(dims: Dims) -> Dims:

@@ -355,8 +355,40 @@ def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Di
     """
     known = _POOLS.get((id(dims), size, key))
     if known is None or known[0] is not dims:
-        known = _POOLS[(id(dims), size, key)] = (dims, _build_pool(dims, size, key))
+        known = _POOLS[(id(dims), size, key)] = (dims, _shared_pool(dims, size, key))
     return [dict(member) for member in known[1]]
+
+
+POOL_DIR_ENV = "CONFORMANCE_POOL_DIR"
+
+
+def _shared_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Dims]:
+    """The pool, built once per run: in $CONFORMANCE_POOL_DIR (a folder the run's controller made for
+    its worker processes, and `conformance run` for all its parts) the first process to build a pool
+    leaves it for the others. Building is deterministic, so a process that finds no file, or one it
+    cannot read, builds the same pool itself."""
+    import hashlib
+    import pickle
+
+    folder = os.environ.get(POOL_DIR_ENV)
+    if not folder:
+        return _build_pool(dims, size, key)
+    name = hashlib.sha256(f"{key}|{size}|{dims!r}".encode()).hexdigest()[:32]
+    path = os.path.join(folder, f"{name}.pickle")
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
+        pass
+    pool = _build_pool(dims, size, key)
+    try:
+        partial = f"{path}.{os.getpid()}"
+        with open(partial, "wb") as handle:
+            pickle.dump(pool, handle)
+        os.replace(partial, path)  # readers see a whole file or none
+    except OSError:
+        pass
+    return pool
 
 
 def _build_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Dims]:

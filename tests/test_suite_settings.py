@@ -182,3 +182,23 @@ def test_frameworks_are_frozen_out_of_garbage_collection_once():
     assert frozen > 0 and "torch" in harness._FROZEN_FRAMEWORKS
     harness.freeze_imports()  # nothing new imported: no second collection and freeze
     assert gc.get_freeze_count() == frozen
+
+
+def test_pool_built_once_per_run_is_the_pool_each_process_would_build(tmp_path, monkeypatch):
+    """$CONFORMANCE_POOL_DIR: the first process leaves the pool there; a later one reads the same pool, and
+    an unreadable file is built again rather than trusted."""
+    from suites import strategies
+    from suites.strategies import POOL_DIR_ENV, _shared_pool, conv_dims, geometry_key
+
+    dims = conv_dims(1)
+    monkeypatch.delenv(POOL_DIR_ENV, raising=False)
+    built = [geometry_key(d) for d in _shared_pool(dims, 10, "xfw-conv1d-float32-cpu")]
+    monkeypatch.setenv(POOL_DIR_ENV, str(tmp_path))
+    assert [geometry_key(d) for d in _shared_pool(dims, 10, "xfw-conv1d-float32-cpu")] == built
+    (saved,) = tmp_path.glob("*.pickle")
+    monkeypatch.setattr(strategies, "_build_pool", lambda *a: pytest.fail("built again although saved"))
+    assert [geometry_key(d) for d in _shared_pool(dims, 10, "xfw-conv1d-float32-cpu")] == built
+    saved.write_bytes(b"not a pickle")
+    monkeypatch.undo()
+    monkeypatch.setenv(POOL_DIR_ENV, str(tmp_path))
+    assert [geometry_key(d) for d in _shared_pool(dims, 10, "xfw-conv1d-float32-cpu")] == built
