@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 from . import plots
 from .markdown import (
-    MISSING, STATUS_ICON, as_dict, as_list, build_matrix, claim_order, counterexample_of, divergence_rows,
-    environment_rows,
+    HALF_PRECISION_BOUNDS, MISSING, STATUS_ICON, accumulation_rows, as_dict, as_list, build_matrix, claim_order,
+    counterexample_of, divergence_rows, environment_rows,
     format_duration, format_number, relation_of, results_of, skipped_entries, status_icon, status_of,
     summary_counts, text, variant_label,
 )
@@ -173,6 +173,7 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
                "environment": environment_rows(as_dict(shard).get("environment"))}
               for shard in as_list(report.get("shards"))]
     divergences = divergence_rows(report)
+    accumulation = accumulation_rows(report)
     skips = skipped_entries(report)
     for skip in skips:
         skip["anchor"] = anchors.claim(skip["claim"])
@@ -186,6 +187,8 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
         toc.append(("failures", f"Failures ({len(failures)})"))
     if differ:
         toc.append(("differ", "Differ claims: separation"))
+    if accumulation:
+        toc.append(("half-precision", "Half-precision bounds"))
     if divergences:
         toc.append(("divergences", f"Documented divergences ({len(divergences)})"))
     if skips:
@@ -208,6 +211,8 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
         "failures": failures,
         "differ": differ,
         "divergences": divergences,
+        "accumulation": {"probed": [r for r in accumulation if r["accumulator"]],
+                         "unjudged": [r for r in accumulation if r["reason"]], "text": HALF_PRECISION_BOUNDS},
         "skips": skips,
         "claims": claims,
         "environment": environment_rows(report.get("environment")),

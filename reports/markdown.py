@@ -327,6 +327,48 @@ def divergence_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+HALF_PRECISION_BOUNDS = (
+    "Half-precision results (bfloat16, float16 and the mixed policies) are judged by the float32-accumulator "
+    "bound where a probe of the variant's own compiled layer shows that it sums products in float32: "
+    "|y - y_ref| <= acc + u(1 + u)(2|y_ref| + |b| + 3 acc) + 2u tiny, acc = (gamma(n, 2^-24) + "
+    "gamma(n, 2^-53)) |W||x| + n tiny_32 (exact half-precision products, float32 sums in any order, at most "
+    "two roundings to the dtype). Otherwise by the worst-case bound gamma(n, u) |W||x|, which is infinite "
+    "once n u >= 1: such comparisons are measured, not judged, and their result is never passed.")
+
+
+def accumulation_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Per variant of the half-precision results: the accumulators its probes found, and what was not judged."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for result in results_of(report):
+        dtype = text(result.get("dtype"))
+        for variant, kinds in as_dict(result.get("accumulation")).items():
+            found.setdefault((variant_label(str(variant), result), dtype), set()).update(map(str, as_list(kinds)))
+    rows = [{"variant": variant, "dtype": dtype, "accumulator": ", ".join(sorted(kinds)), "nodeid": "", "reason": ""}
+            for (variant, dtype), kinds in sorted(found.items())]
+    for result in results_of(report):
+        for variant, reason in as_dict(result.get("not_judged")).items():
+            rows.append({"variant": variant_label(str(variant), result), "dtype": text(result.get("dtype")),
+                         "accumulator": "", "nodeid": text(result.get("nodeid")), "reason": text(reason)})
+    return rows
+
+
+def _accumulation_section(report: dict[str, Any]) -> list[str]:
+    rows = accumulation_rows(report)
+    if not rows:
+        return []
+    lines = ["## Half-precision bounds", "", HALF_PRECISION_BOUNDS, ""]
+    probed = [r for r in rows if r["accumulator"]]
+    if probed:
+        lines += _table(["Variant", "Dtype", "Sums in (probe)"],
+                        [[md_code(r["variant"]), md_escape(r["dtype"]), md_escape(r["accumulator"])] for r in probed])
+    unjudged = [r for r in rows if r["reason"]]
+    if unjudged:
+        lines += ["", "Measured, not judged:", ""]
+        lines += _table(["Test", "Variant", "Why"],
+                        [[md_code(r["nodeid"]), md_code(r["variant"]), md_escape(r["reason"])] for r in unjudged])
+    return lines
+
+
 def counterexample_of(result: dict[str, Any]) -> dict[str, str] | None:
     example = as_dict(result.get("counterexample"))
     if not example:
@@ -642,7 +684,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     report = as_dict(report)
     sections = [["# Layer conformance report", ""] + _headline(report), _matrix_section(report),
                 _differ_section(report), _failures_section(report), _speed_section(report),
-                _coverage_section(report), _divergences_section(report), _skips_section(report),
+                _coverage_section(report), _accumulation_section(report), _divergences_section(report),
+                _skips_section(report),
                 _claims_section(report), _environment_section(report)]
     return "\n\n".join("\n".join(section) for section in sections if section) + "\n"
 

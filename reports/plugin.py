@@ -471,14 +471,15 @@ def _claims(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _status(report: pytest.TestReport, record: dict[str, Any] | None = None) -> str:
-    """The result's status; a passing test whose record says `measurement` (speed) is `measured`, not passed."""
+    """The result's status; a passing test whose record says `measurement` (speed), or that has comparisons it
+    could not judge (`not_judged`: an infinite bound), is `measured`, not passed."""
     if hasattr(report, "wasxfail"):
         return "xfailed" if report.skipped else "failed"
     if report.skipped:
         return "skipped"
     if report.failed:
         return "failed" if report.when == "call" else "error"
-    return "measured" if record and record.get("measurement") else "passed"
+    return "measured" if record and (record.get("measurement") or record.get("not_judged")) else "passed"
 
 
 def _skip_reason(report: pytest.TestReport) -> str:

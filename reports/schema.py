@@ -11,7 +11,8 @@ SCHEMA = "layer-conformance/report/v1"
 SCHEMA_PREFIX = "layer-conformance/report/v"
 SCHEMA_VERSION = 1
 
-# `measured`: the speed check, a measurement and never a verdict
+# `measured`: a measurement and never a verdict: the speed check, or a result with comparisons whose bound is
+# infinite (`not_judged`)
 STATUSES = ("passed", "failed", "skipped", "error", "xfailed", "measured")
 RELATIONS = ("equal", "differ")
 RESULT_KEYS = (
@@ -21,7 +22,11 @@ RESULT_KEYS = (
 # Fields that only some results carry (readers treat them as optional):
 # - features: results of the checks that draw a geometry (forward, gradient, depth, batch): {feature name
 #   (suites.features): examples that exercised it}, every feature the claim can exercise, zeros included
-OPTIONAL_RESULT_KEYS = ("features",)
+# - accumulation: {variant label: [accumulators its probes found: "float32", or the half dtype]}, for half-
+#   precision forward and batch results (suites.accumulation); a "float32" variant is judged by the wide bound
+# - not_judged: {variant label: why}: comparisons measured but not judged because their bound is infinite;
+#   such a result is `measured`, never `passed`
+OPTIONAL_RESULT_KEYS = ("features", "accumulation", "not_judged")
 
 
 class ReportError(Exception):

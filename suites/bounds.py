@@ -56,6 +56,52 @@ def bound_coefficient(terms: int, dtype: str, u_eff: float | None = None) -> flo
     return gamma(terms, u) + 2 * u + gamma(terms, UNIT_ROUNDOFF["float64"])
 
 
+ACCUMULATOR_ROUNDOFF = UNIT_ROUNDOFF["float32"]  # a float32 accumulator (suites.accumulation)
+
+
+def wide_error_bound(terms: int, magnitude: np.ndarray, expected: np.ndarray, bias_magnitude: np.ndarray | float,
+                     dtype: str) -> np.ndarray:
+    """Elementwise bound for a half-precision layer that sums its products in float32 (suites.accumulation).
+
+    The products of two bfloat16 or float16 values are exact in float32; summing `terms` of them (the
+    bias included) in float32, in any order, errs by at most gamma(terms, 2^-24) * m, the float64
+    reference by gamma(terms, 2^-53) * m, and flushed subnormals by terms * float32's smallest normal:
+    together `acc`. Then the sum is rounded to the dtype, by at most u (|y_ref| + acc) (round to
+    nearest), and where the bias is added by a separate operation in the dtype the product sum is
+    rounded first, by at most u (|y_ref| + |b| + acc). So
+
+        |y - y_ref| <= acc + u (1 + u) (2 |y_ref| + |b| + 3 acc) + 2 u * smallest normal of the dtype
+
+    (the last term: a result in the dtype's subnormal range rounds to a spacing of 2 u * smallest normal,
+    not to a relative u; a framework that flushes subnormal results to zero fails it, and that is a
+    finding: float32 to half conversions on CPU keep subnormals). No last-bit allowance
+    beyond these two roundings: a half-precision result one ulp off a correctly rounded one is what
+    a 1 % error in bfloat16 looks like.
+    """
+    n = max(int(terms), 1)
+    u = UNIT_ROUNDOFF[dtype]
+    m = np.asarray(magnitude, dtype=np.float64)
+    acc = (gamma(n, ACCUMULATOR_ROUNDOFF) + gamma(n, UNIT_ROUNDOFF["float64"])) * m + n * SMALLEST_NORMAL["float32"]
+    rounding = u * (1 + u) * (2 * np.abs(np.asarray(expected, dtype=np.float64)) + np.abs(bias_magnitude) + 3 * acc)
+    return acc + rounding + 2 * u * SMALLEST_NORMAL[dtype]
+
+
+def layer_error_bound(reduction_length: int, magnitude: np.ndarray, expected: np.ndarray,
+                      bias_magnitude: np.ndarray | float, dtype: str, accumulation: str | None) -> np.ndarray:
+    """The bound a variant's layer output is judged by: `error_bound`, or, for a half-precision layer
+    whose probe showed a float32 accumulator (suites.accumulation), the smaller of it and
+    `wide_error_bound`. Both hold for such a layer; the wide one is finite for every length."""
+    worst = error_bound(reduction_length, magnitude, dtype)
+    if accumulation != "float32":
+        return worst
+    return np.minimum(worst, wide_error_bound(reduction_length + 1, magnitude, expected, bias_magnitude, dtype))
+
+
+def vacuous(bound: np.ndarray) -> bool:
+    """True when some element of a bound is infinite or NaN: a comparison under it cannot fail."""
+    return not bool(np.all(np.isfinite(bound)))
+
+
 def bound_ratios(ys: Sequence[np.ndarray], refs: Sequence[np.ndarray],
                  bounds: Sequence[np.ndarray]) -> list[tuple[float, float, tuple[int, ...]]]:
     """`bound_ratio` of every (y, y_ref, bound) triple, the same numbers in one array operation.

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from adapters import FRAMEWORKS, class_name
 from adapters import reference
 from adapters.spec import DTYPES, LayerSpec, Weights
-from suites.bounds import error_bound
+from suites.bounds import error_bound, layer_error_bound
 from suites.strategies import STYLES, Dims, conv_dims, dense_dims, fixed, sequence_dims
 
 # every check a row may ask for: the `check` of a test function in suites/ (tests/test_catalog_names.py keeps
@@ -445,14 +445,19 @@ class ReferenceMemo:
         self._layers.append((spec, layer_x, layer_w, y, m))
         return y, m
 
-    def error_bound(self, spec: LayerSpec, layer_magnitude: np.ndarray, dtype: str) -> np.ndarray:
-        """`suites.bounds.error_bound` of a layer this memo evaluated, computed once per layer and dtype."""
+    def error_bound(self, spec: LayerSpec, layer_magnitude: np.ndarray, dtype: str,
+                    accumulation: str | None = None) -> np.ndarray:
+        """The bound of a layer this memo evaluated (`suites.bounds.layer_error_bound`, with the accumulator a
+        probe found, if any), computed once per layer, dtype and accumulator."""
         entry = next((i for i, seen in enumerate(self._layers) if seen[4] is layer_magnitude), None)
         if entry is None:  # not one of this memo's layers: nothing to share
             return error_bound(spec.reduction_length, layer_magnitude, dtype)
-        key = (entry, spec.reduction_length, dtype)
+        key = (entry, spec.reduction_length, dtype, accumulation)
         if key not in self._bounds:
-            self._bounds[key] = error_bound(spec.reduction_length, layer_magnitude, dtype)
+            _, _, weights, expected, _ = self._layers[entry]
+            bias = np.abs(np.asarray(weights["bias"], np.float64)) if spec.bias and "bias" in weights else 0.0
+            self._bounds[key] = layer_error_bound(spec.reduction_length, layer_magnitude, expected, bias, dtype,
+                                                  accumulation)
         return self._bounds[key]
 
     def __len__(self) -> int:

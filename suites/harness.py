@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from adapters import get_adapter, reference
 from adapters.spec import LayerSpec, Weights
-from suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound
+from suites.accumulation import accumulator, not_judged_reason
+from suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound, layer_error_bound, vacuous
 from suites.catalog import Claim, Reference, ReferenceMemo, Variant, evaluate_reference
 from suites.divergences import Divergence, by_id, ceiling_failure, divergence_for, expect_raise
 from suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, geometry_key, geometry_pool,
@@ -162,13 +163,17 @@ class ClaimRunner:
         for label, reason in outcome.skipped.items():
             self.skipped[f"{label} (some examples)"] = reason
         worst = (0.0, 0.0)
+        self._note_accumulation(outcome.accumulation)
         for v in outcome.variants:
+            if v.not_judged:
+                self._not_judged(v.label, v.not_judged)
+                continue
             self._note(v.label, v.error, v.ratio, v.divergence, v.ceiling_ratio)
             if not v.divergence:
                 worst = max(worst, (v.ratio, v.error))
         if outcome.separation is not None:
             self.separation = min(self.separation, outcome.separation)
-        self._note_pairs({v.label: (v.y, v.bound) for v in outcome.variants})
+        self._note_pairs({v.label: (v.y, v.bound) for v in outcome.variants if not v.not_judged})
         for label, (error, ratio) in outcome.device_agreement.items():
             self._note_pair(f"{label} [{self.case.device}]", f"{label} [cpu]", error, ratio)
         self._note_sample(worst, self.case.claim.variants[0].spec(dims).reduction_length)
@@ -195,6 +200,7 @@ class ClaimRunner:
         cotangent = random_array(np.random.default_rng(seed), out_shape, "normal", dtype)
         expected = None
         failures, worst, compared, reasons = [], (0.0, 0.0), 0, []
+        terms = 0  # the longest sum among the gradients compared: the n of their bounds (recorded per example)
         for variant in self.runnable:
             spec = variant.spec(dims)
             reason = get_adapter(variant.framework).supports(spec, dtype, device)
@@ -213,6 +219,7 @@ class ClaimRunner:
                 continue
             compared += 1
             grads = variant_gradients(variant, dims, x, weights, cotangent, dtype, device)
+            terms = max(terms, *grads["terms"].values())
             expected = expected or grads["reference"]
             for name, (error, ratio, index) in compare(grads, expected).items():
                 label = f"{variant.label(dims)} d{name}"
@@ -220,6 +227,10 @@ class ClaimRunner:
                                             variant.x_in(x, dims).shape, gradient=name, device=device)
                 if divergence:  # judged against its ceiling only
                     failures.extend(self._gradient_ceiling(label, divergence, grads, expected, name, error, ratio))
+                    continue
+                if vacuous(grads["bound"][name]):
+                    self._not_judged(label, not_judged_reason(label, grads["terms"][name], dtype, None,
+                                                              "gradient programs are not probed"))
                     continue
                 self._note(label, error, ratio)
                 worst = max(worst, (ratio, error))
@@ -230,7 +241,7 @@ class ClaimRunner:
         if not compared and not failures and self.record["examples"] == 0:  # nothing here can be differentiated
             self._publish_divergences()
             pytest.skip("; ".join(sorted(set(reasons))))
-        self._note_sample(worst, claim.variants[0].spec(dims).reduction_length)
+        self._note_sample(worst, terms or claim.variants[0].spec(dims).reduction_length)
         if failures:
             self._fail("gradient", failures, dims, style)
 
@@ -271,6 +282,11 @@ class ClaimRunner:
                         failures.append(beyond)
                         break
                     continue
+                if vacuous(bound):  # composed through the layers: every deeper bound is infinite too
+                    self._not_judged(label, not_judged_reason(label, spec.reduction_length + 1, dtype, None,
+                                                              f"the depth check composes the worst-case bound; "
+                                                              f"infinite from depth {level + 1}"))
+                    break
                 self._note(label, error, ratio)
                 worst = max(worst, (ratio, error))
                 if not ratio <= 1.0:
@@ -300,9 +316,15 @@ class ClaimRunner:
                 continue
             label = variant.label(dims)
             layer_x, layer_w = variant.x_in(x, dims), variant.w_map(weights, dims)
+            one_x = variant.x_in(x[:1], single)
+            found = {accumulator(variant.framework, spec, dtype, device, shape) for shape in (layer_x.shape, one_x.shape)}
+            accumulation = found.pop() if len(found) == 1 else None  # the batch and the one-sample program alike
+            self._note_accumulation({label: accumulation})
             layer = get_adapter(variant.framework).build(spec, layer_w, dtype, device)
-            magnitude = reference.magnitude(spec, layer_x, layer_w)
-            bound = variant.y_out(error_bound(spec.reduction_length, magnitude, dtype), dims)
+            expected, magnitude = reference.forward_and_magnitude(spec, layer_x, layer_w)
+            bias = np.abs(layer_w["bias"].astype(np.float64)) if "bias" in layer_w else 0.0
+            bound = variant.y_out(layer_error_bound(spec.reduction_length, magnitude, expected, bias, dtype,
+                                                    accumulation), dims)
             ceiling = variant.y_out(error_bound(spec.reduction_length, magnitude, divergence.ceiling.bound_dtype(
                 dtype)), dims) if divergence else bound
             full = variant.y_out(layer.forward(layer_x), dims)
@@ -310,6 +332,9 @@ class ClaimRunner:
             if not np.array_equal(full, again, equal_nan=True):
                 failures.append(f"{label} is not deterministic: two runs on the same input differ by "
                                 f"{np.max(np.abs(full.astype(np.float64) - again.astype(np.float64))):.3g}")
+            if vacuous(bound) and not divergence:
+                self._not_judged(label, not_judged_reason(label, spec.reduction_length + 1, dtype, accumulation))
+                continue
             for i in range(batch):
                 one = variant.y_out(layer.forward(variant.x_in(x[i:i + 1], single)), single)
                 error, ratio, index = bound_ratio(one[0], full[i], 2 * bound[i])
@@ -439,6 +464,23 @@ class ClaimRunner:
         stats.max_abs_error = max(stats.max_abs_error, error)
         stats.max_bound_ratio = max(stats.max_bound_ratio, ratio)
 
+    def _not_judged(self, label: str, reason: str) -> None:
+        """A comparison whose bound is infinite: measured, never passed. The result becomes `measured` (the
+        report plugin), with the reasons in record["not_judged"] and its reason line."""
+        seen = self.record.setdefault("not_judged", {})
+        if label not in seen:
+            seen[label] = reason
+            self.record["reason"] = "measured, not judged: " + "; ".join(f"{k}: {v}" for k, v in seen.items())
+
+    def _note_accumulation(self, found: dict[str, str | None]) -> None:
+        """record["accumulation"]: per variant, the accumulators its probes found (suites.accumulation)."""
+        noted = self.record.setdefault("accumulation", {})
+        for label, accumulation in found.items():
+            if accumulation is not None:
+                kinds = noted.setdefault(label, [])
+                if accumulation not in kinds:
+                    kinds.append(accumulation)
+
     def _note_raised(self, label: str, divergence: str, raised: str | None, problem: str | None) -> None:
         """An exception divergence ran: observed when it raised; within its ceiling while always as documented."""
         seen = self.divergences.setdefault(label, {"id": divergence, "kind": "exception", "max_bound_ratio": None,
@@ -506,6 +548,7 @@ class VariantOutcome:
     failure: str | None = None
     divergence: str | None = None  # id of the documented divergence this variant showed
     ceiling_ratio: float = 0.0  # under a divergence: its error against the divergence's ceiling
+    not_judged: str | None = None  # why its output was measured but not judged (an infinite bound)
 
 
 @dataclass
@@ -519,6 +562,7 @@ class ExampleOutcome:
     separation: float | None = None
     failures: list[str] = field(default_factory=list)
     device_agreement: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> (error, ratio)
+    accumulation: dict[str, str | None] = field(default_factory=dict)  # label -> what its probe found (accumulator)
 
     def message(self, style: str | None = None) -> str:
         claim, dtype, device = self.case
@@ -560,8 +604,10 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
         if reason:  # geometry drawn for this example only (e.g. Keras: stride and dilation together)
             outcome.skipped[label] = reason
             continue
+        accumulation = accumulator(variant.framework, spec, dtype, device, layer_x.shape)
+        outcome.accumulation[label] = accumulation
         layer_y = adapter.build(spec, layer_w, dtype, device).forward(layer_x).astype(np.float64)
-        layer_bound = memo.error_bound(spec, ref.layer_magnitude, dtype)  # shared by variants of one layer
+        layer_bound = memo.error_bound(spec, ref.layer_magnitude, dtype, accumulation)  # shared by variants alike
         y, bound = variant.y_out(layer_y, dims), variant.y_out(layer_bound, dims)
         later: list[str] = []  # this variant's failures after its bound check, in the order they are listed
         if device != "cpu" and not adapter.supports(spec, dtype, "cpu"):  # the same weights on the host
@@ -589,6 +635,8 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
             _judge_ceiling(v, divergence, memo.error_bound(spec, ref.layer_magnitude,
                                                            divergence.ceiling.bound_dtype(dtype)), want, variant, dims)
             outcome.failures.extend([v.failure] if v.failure else [])
+        elif vacuous(bound):
+            v.not_judged = not_judged_reason(label, spec.reduction_length + 1, dtype, outcome.accumulation.get(label))
         elif not ratio <= 1.0:
             v.failure = _failure_line(label, spec, dtype, y, want, bound, index, error, ratio)
             outcome.failures.append(v.failure)

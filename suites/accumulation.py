@@ -1,0 +1,134 @@
+"""What a layer sums half-precision products in, shown by a probe of its own compiled program.
+
+The worst-case bound of suites.bounds lets every addition round to the dtype: gamma(n, u) grows as
+n u and is infinite once n u >= 1 (256 terms in bfloat16, 2048 in float16), and long before that it
+allows errors larger than the result (gamma(100, 2^-8) = 0.64). CPU frameworks do not sum that way:
+oneDNN, XLA and Eigen multiply bfloat16 and float16 operands exactly in float32 (8 + 8 or 11 + 11
+significant bits fit float32's 24) and add the products in float32, rounding to the dtype at the
+end. For such a layer suites.bounds.wide_error_bound holds: float32's gamma(n, 2^-24) on |W| |x|, plus
+one rounding of the result to the dtype and, where the bias is added by a separate operation in the
+dtype, one more. It is finite for every n.
+
+Which model a variant gets is not assumed: it is shown. `accumulator` runs the variant's layer (the
+same framework, geometry, dtype, device and input shape as the example, so the same compiled
+program) on an input of ones and a kernel whose every output channel sums a shuffled mix of +1 and
+-1 (cancelling) and small terms eps (2^-10 in bfloat16, 2^-12 in float16: less than half an ulp of
+1 in the dtype, exact in float32). Summed in float32, every eps survives; summed in the dtype in any
+order that adds an eps to a partial sum near 1 (sequential, pairwise, blocked: checked for the
+probe's own pattern before it is used), eps are lost and the result misses the wide bound by a wide
+margin. A layer whose probe loses what a half-precision sum loses is judged by the worst-case bound,
+and where that is infinite its comparison is measured but not judged (never passed); any other layer
+is judged by the wide bound (a probe that is off by less is a wrong result, not an accumulator, and
+must not buy the layer a looser bound).
+
+A probe is evidence for one program, not a proof for every input: it rules out accumulation in the
+dtype, not, say, a float32 accumulator that is rounded to the dtype every few thousand terms. The
+report names the accumulator found per variant ("accumulation") so a reader can see what was assumed.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+from adapters import get_adapter, reference
+from adapters.spec import LayerSpec, Weights, compute_dtype, numpy_dtype
+from suites.bounds import wide_error_bound
+
+HALF = ("bfloat16", "float16")
+PROBE_EPS = {"bfloat16": 2.0 ** -10, "float16": 2.0 ** -12}
+MIN_TERMS = 4  # fewer products cannot tell the accumulators apart (see decisive)
+WIDE = "float32"  # what `accumulator` returns for a layer that sums in float32
+
+_FOUND: dict[tuple[Any, ...], str | None] = {}
+
+
+def probe_pattern(terms: int, dtype: str, shift: int = 0) -> np.ndarray:
+    """`terms` values: pairs of +1/-1 on about half the positions, eps elsewhere, shuffled (seeded by `terms`)."""
+    pairs = terms // 4
+    values = np.concatenate([np.tile([1.0, -1.0], pairs), np.full(terms - 2 * pairs, PROBE_EPS[compute_dtype(dtype)])])
+    np.random.default_rng(terms).shuffle(values)
+    return np.roll(values, shift)
+
+
+@functools.lru_cache(maxsize=None)
+def narrow_loss(terms: int, dtype: str) -> float:
+    """How far the probe pattern's sum lands from the exact one when summed in the half dtype (the smaller of
+    sequential and pairwise order); 0 when that is not beyond twice the wide bound (the probe cannot tell
+    the accumulators apart: too few terms, or not a half-precision dtype)."""
+    half = compute_dtype(dtype)
+    if half not in HALF or terms < MIN_TERMS:
+        return 0.0
+    values = probe_pattern(terms, dtype)
+    exact = float(np.sum(values))
+    bound = float(wide_error_bound(terms, np.sum(np.abs(values)), exact, 0.0, dtype))
+    loss = min(abs(total - exact) for total in (_sequential(values, half), _pairwise(values, half)))
+    return loss if loss > 2 * bound else 0.0
+
+
+def _sequential(values: np.ndarray, dtype: str) -> float:
+    cast = numpy_dtype(dtype).type
+    total = cast(0.0)
+    for value in values:
+        total = cast(float(total) + float(value))
+    return float(total)
+
+
+def _pairwise(values: np.ndarray, dtype: str) -> float:
+    cast = numpy_dtype(dtype).type
+    level = [cast(v) for v in values]
+    while len(level) > 1:
+        pairs = [cast(float(level[i]) + float(level[i + 1])) for i in range(0, len(level) - 1, 2)]
+        level = pairs + ([level[-1]] if len(level) % 2 else [])
+    return float(level[0])
+
+
+def probe_weights(spec: LayerSpec, dtype: str) -> Weights:
+    """A kernel whose every output channel reduces over the probe pattern (rolled per channel); zero bias."""
+    shape = spec.kernel_shape()
+    terms = math.prod(shape[:-1])
+    kernel = np.stack([probe_pattern(terms, dtype, shift=o).reshape(shape[:-1]) for o in range(shape[-1])], axis=-1)
+    weights = {"kernel": kernel.astype(numpy_dtype(dtype))}
+    if spec.bias:
+        weights["bias"] = np.zeros(spec.out_features, numpy_dtype(dtype))
+    return weights
+
+
+def accumulator(framework: str, spec: LayerSpec, dtype: str, device: str, x_shape: tuple[int, ...]) -> str | None:
+    """What the variant's layer sums this geometry's half-precision products in, from its probe:
+
+    * WIDE ("float32") when the probe lands within suites.bounds.wide_error_bound;
+    * the half dtype's name when it is off by at least half of what summing the pattern in that dtype loses
+      (`narrow_loss`): the layer is judged by the worst-case bound;
+    * WIDE as well when it is off by less: that is no accumulator's rounding but a wrong result, which the
+      wide bound lets the examples show rather than excuse;
+    * None when no probe applies (not a half-precision dtype, or too few products to tell).
+
+    Run once per program (framework, geometry, dtype, device, input shape) and cached.
+    """
+    loss = narrow_loss(math.prod(spec.kernel_shape()[:-1]), dtype)
+    if not loss:
+        return None
+    key = (framework, repr(spec), dtype, device, tuple(x_shape))  # repr: a spec whose `extra` holds a dict is unhashable
+    if key not in _FOUND:
+        weights = probe_weights(spec, dtype)
+        ones = np.ones(x_shape, numpy_dtype(dtype))
+        y = get_adapter(framework).build(spec, weights, dtype, device).forward(ones).astype(np.float64)
+        expected, magnitude = reference.forward_and_magnitude(spec, ones.astype(np.float64),
+                                                              {k: v.astype(np.float64) for k, v in weights.items()})
+        error = np.abs(y - expected)
+        error[~np.isfinite(error)] = np.inf
+        bound = wide_error_bound(spec.reduction_length + 1, magnitude, expected, 0.0, dtype)
+        narrow = not np.all(error <= bound) and float(np.max(error)) >= loss / 2
+        _FOUND[key] = compute_dtype(dtype) if narrow else WIDE
+    return _FOUND[key]
+
+
+def not_judged_reason(label: str, terms: int, dtype: str, accumulation: str | None, what: str = "") -> str:
+    """Why a comparison is measured but not judged: its worst-case bound is infinite and no probe showed a float32
+    accumulator (the only model under which a finite bound is derived)."""
+    why = (f"its probe found it summing in {accumulation}" if accumulation
+           else "its accumulator is not probed" + (f" ({what})" if what else ""))
+    return f"the {dtype} worst-case bound is infinite for {terms} terms (n u >= 1), and {why}"
