@@ -241,6 +241,7 @@ def test_pool_without_feature_selection_misses_corners(monkeypatch):
     monkeypatch.setattr(strategies, "example_features", lambda dims: frozenset())
     monkeypatch.setattr(strategies, "POOL_ROUNDS", 1)
     monkeypatch.setattr(strategies, "_POOLS", {})  # pools chosen by features are not reused
+    monkeypatch.delenv(strategies.POOL_DIR_ENV, raising=False)  # nor those the run's workers left on disk
     claim = CLAIMS_BY_ID["xfw-conv1d"]
     missing = set()
     for dtype in DTYPES:
