@@ -13,6 +13,8 @@ Rules (kept here so the Markdown and the exit code agree):
     ``--allow-skip`` pattern (a regular expression searched in the reason); an allowed skip is listed;
   - absent now and not skipped in the baseline, since a check disappearing can hide a break (a
     vanished skipped result is listed under skips only);
+  - ``passed`` in the baseline and ``measured`` now with comparisons ``not_judged``: a verdict lost (a
+    bound became infinite: measured, not judged);
   - still ``passed``/``measured``, but a variant measured in the baseline row is measured no more
     (compared by the ``per_variant`` and ``divergences`` labels, or by the ``variants`` names for
     rows that record no per-variant numbers); allowed like a skip when the variant's skip reason
@@ -319,6 +321,9 @@ def _judge_status(c: Comparison, old: dict[str, Any], new: dict[str, Any], optio
             c.allowed_skips.append(_change("allowed_skip", old, new))
         else:
             c.regressions.append(_change("skipped", old, new))
+        return True
+    if old_status == "passed" and new_status == "measured" and new.get("not_judged"):  # a verdict lost
+        c.regressions.append(_change("unjudged", old, new))
         return True
     if old_status in BAD_STATUSES and new_status == "passed":
         c.fixed.append(_change("fixed", old, new))
@@ -665,6 +670,7 @@ _REGRESSION_KINDS = (  # (Change.kind, what is counted, what happened to it)
     ("skipped", "result", "passed or measured before, skipped now (reason not allowed by --allow-skip)"),
     ("vanished", "result", "no longer in the report (no longer measured)"),
     ("variant_dropped", "variant", "no longer measured in a row that still passes"),
+    ("unjudged", "result", "passed before, measured but not judged now (a bound became infinite)"),
 )
 
 

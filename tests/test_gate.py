@@ -300,6 +300,14 @@ def test_measured_row_skipped_is_a_regression(capsys, tmp_path):
     exits_1_naming(capsys, tmp_path, baseline, current, "measured → skipped")
 
 
+def test_passed_to_measured_not_judged_is_a_regression(capsys, tmp_path):
+    reason = "measured, not judged: torch.Linear: the bfloat16 worst-case bound is infinite for 300 terms"
+    row = make_result(NODE, status="measured", ratio=0.0, reason=reason)
+    row["not_judged"] = {"torch.Linear": reason}
+    current = make_report([row])
+    exits_1_naming(capsys, tmp_path, make_report([passed_row()]), current, "passed → measured", "not judged")
+
+
 # ----------------------------------------------------------------------------- wiring
 
 
