@@ -96,7 +96,7 @@ def probe_weights(spec: LayerSpec, dtype: str) -> Weights:
     return weights
 
 
-def accumulator(framework: str, spec: LayerSpec, dtype: str, device: str, x_shape: tuple[int, ...]) -> str | None:
+def accumulator(framework: str, spec: LayerSpec, dtype: str, device: str, x: np.ndarray) -> str | None:
     """What the variant's layer sums this geometry's half-precision products in, from its probe:
 
     * WIDE ("float32") when the probe lands within suites.bounds.wide_error_bound;
@@ -106,15 +106,19 @@ def accumulator(framework: str, spec: LayerSpec, dtype: str, device: str, x_shap
       wide bound lets the examples show rather than excuse;
     * None when no probe applies (not a half-precision dtype, or too few products to tell).
 
-    Run once per program (framework, geometry, dtype, device, input shape) and cached.
+    `x` is the layer input the example hands the variant: the probe's ones have its shape and its memory
+    order (`np.ones_like`), so that a framework that picks its kernel by layout (torch: channels-last for a
+    permuted input) runs the same kernel. Run once per program (framework, geometry, dtype, device, input
+    shape and memory order) and cached.
     """
     loss = narrow_loss(math.prod(spec.kernel_shape()[:-1]), dtype)
     if not loss:
         return None
-    key = (framework, repr(spec), dtype, device, tuple(x_shape))  # repr: a spec whose `extra` holds a dict is unhashable
+    order = tuple(np.argsort([-abs(stride) for stride in x.strides], kind="stable"))
+    key = (framework, repr(spec), dtype, device, x.shape, order)  # repr: a spec whose `extra` holds a dict is unhashable
     if key not in _FOUND:
         weights = probe_weights(spec, dtype)
-        ones = np.ones(x_shape, numpy_dtype(dtype))
+        ones = np.ones_like(x, dtype=numpy_dtype(dtype))
         y = get_adapter(framework).build(spec, weights, dtype, device).forward(ones).astype(np.float64)
         expected, magnitude = reference.forward_and_magnitude(spec, ones.astype(np.float64),
                                                               {k: v.astype(np.float64) for k, v in weights.items()})

@@ -317,7 +317,7 @@ class ClaimRunner:
             label = variant.label(dims)
             layer_x, layer_w = variant.x_in(x, dims), variant.w_map(weights, dims)
             one_x = variant.x_in(x[:1], single)
-            found = {accumulator(variant.framework, spec, dtype, device, shape) for shape in (layer_x.shape, one_x.shape)}
+            found = {accumulator(variant.framework, spec, dtype, device, sample) for sample in (layer_x, one_x)}
             accumulation = found.pop() if len(found) == 1 else None  # the batch and the one-sample program alike
             self._note_accumulation({label: accumulation})
             layer = get_adapter(variant.framework).build(spec, layer_w, dtype, device)
@@ -604,7 +604,7 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
         if reason:  # geometry drawn for this example only (e.g. Keras: stride and dilation together)
             outcome.skipped[label] = reason
             continue
-        accumulation = accumulator(variant.framework, spec, dtype, device, layer_x.shape)
+        accumulation = accumulator(variant.framework, spec, dtype, device, layer_x)
         outcome.accumulation[label] = accumulation
         layer_y = adapter.build(spec, layer_w, dtype, device).forward(layer_x).astype(np.float64)
         layer_bound = memo.error_bound(spec, ref.layer_magnitude, dtype, accumulation)  # shared by variants alike

@@ -102,10 +102,10 @@ def test_the_probe_finds_a_half_precision_accumulator(monkeypatch):
     spec = LayerSpec.dense(300, 3, bias=False)
     monkeypatch.setattr(accumulation, "_FOUND", {})
     monkeypatch.setattr(accumulation, "get_adapter", lambda name: _Sums())
-    assert accumulator("narrow", spec, "bfloat16", "cpu", (2, 300)) == "bfloat16"
-    assert accumulator("narrow", spec, "float16", "cpu", (2, 300)) == "float16"
-    assert accumulator("narrow", spec, "float32", "cpu", (2, 300)) is None  # not half precision: no probe
-    assert accumulator("narrow", LayerSpec.dense(3, 3), "bfloat16", "cpu", (2, 3)) is None  # too few terms to tell
+    assert accumulator("narrow", spec, "bfloat16", "cpu", np.zeros((2, 300))) == "bfloat16"
+    assert accumulator("narrow", spec, "float16", "cpu", np.zeros((2, 300))) == "float16"
+    assert accumulator("narrow", spec, "float32", "cpu", np.zeros((2, 300))) is None  # not half precision: no probe
+    assert accumulator("narrow", LayerSpec.dense(3, 3), "bfloat16", "cpu", np.zeros((2, 3))) is None  # too few terms to tell
 
 
 def test_a_wrong_result_does_not_buy_the_worst_case_bound(monkeypatch):
@@ -122,14 +122,16 @@ def test_a_wrong_result_does_not_buy_the_worst_case_bound(monkeypatch):
 
     monkeypatch.setattr(accumulation, "_FOUND", {})
     monkeypatch.setattr(accumulation, "get_adapter", lambda name: Scaled())
-    assert accumulator("scaled", LayerSpec.dense(1024, 2, bias=False), "bfloat16", "cpu", (1, 1024)) == WIDE
+    assert accumulator("scaled", LayerSpec.dense(1024, 2, bias=False), "bfloat16", "cpu", np.zeros((1, 1024))) == WIDE
 
 
 def test_torch_sums_bfloat16_and_float16_in_float32():
     pytest.importorskip("torch")
     for dtype in ("bfloat16", "float16", "mixed_bfloat16"):
-        assert accumulator("torch", LayerSpec.dense(1024, 4), dtype, "cpu", (2, 1024)) == WIDE
-        assert accumulator("torch", LayerSpec.conv(64, 8, (5,), padding="same"), dtype, "cpu", (2, 7, 64)) == WIDE
+        assert accumulator("torch", LayerSpec.dense(1024, 4), dtype, "cpu", np.zeros((2, 1024))) == WIDE
+        conv = LayerSpec.conv(64, 8, (5,), padding="same")
+        assert accumulator("torch", conv, dtype, "cpu", np.zeros((2, 7, 64))) == WIDE
+        assert accumulator("torch", conv, dtype, "cpu", np.zeros((2, 64, 7)).transpose(0, 2, 1)) == WIDE  # permuted
 
 
 def _torch_linear_bound_ratios(n_out: int, batch: int, style: str, seed: int, planted: bool) -> float:
@@ -147,7 +149,7 @@ def _torch_linear_bound_ratios(n_out: int, batch: int, style: str, seed: int, pl
         y[:, 0] = (y[:, 0] * 1.01).astype(numpy_dtype("bfloat16")).astype(np.float64)
     w64 = {k: v.astype(np.float64) for k, v in weights.items()}
     expected, magnitude = reference.forward_and_magnitude(spec, x.astype(np.float64), w64)
-    found = accumulator("torch", spec, "bfloat16", "cpu", x.shape)
+    found = accumulator("torch", spec, "bfloat16", "cpu", x)
     bound = layer_error_bound(spec.reduction_length, magnitude, expected, np.abs(w64["bias"]), "bfloat16", found)
     assert found == WIDE and not vacuous(bound)
     assert vacuous(error_bound(spec.reduction_length, magnitude, "bfloat16"))  # what the worst-case bound says
