@@ -115,7 +115,7 @@ def accumulator(framework: str, spec: LayerSpec, dtype: str, device: str, x: np.
     if not loss:
         return None
     order = tuple(np.argsort([-abs(stride) for stride in x.strides], kind="stable"))
-    key = (framework, repr(spec), dtype, device, x.shape, order)  # repr: a spec whose `extra` holds a dict is unhashable
+    key = (framework, repr(spec), dtype, device, x.shape, order)  # repr: an `extra` holding a dict is unhashable
     if key not in _FOUND:
         weights = probe_weights(spec, dtype)
         ones = np.ones_like(x, dtype=numpy_dtype(dtype))
@@ -130,7 +130,7 @@ def accumulator(framework: str, spec: LayerSpec, dtype: str, device: str, x: np.
     return _FOUND[key]
 
 
-def not_judged_reason(label: str, terms: int, dtype: str, accumulation: str | None, what: str = "") -> str:
+def not_judged_reason(terms: int, dtype: str, accumulation: str | None, what: str = "") -> str:
     """Why a comparison is measured but not judged: its worst-case bound is infinite and no probe showed a float32
     accumulator (the only model under which a finite bound is derived)."""
     why = (f"its probe found it summing in {accumulation}" if accumulation

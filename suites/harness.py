@@ -229,7 +229,7 @@ class ClaimRunner:
                     failures.extend(self._gradient_ceiling(label, divergence, grads, expected, name, error, ratio))
                     continue
                 if vacuous(grads["bound"][name]):
-                    self._not_judged(label, not_judged_reason(label, grads["terms"][name], dtype, None,
+                    self._not_judged(label, not_judged_reason(grads["terms"][name], dtype, None,
                                                               "gradient programs are not probed"))
                     continue
                 self._note(label, error, ratio)
@@ -283,7 +283,7 @@ class ClaimRunner:
                         break
                     continue
                 if vacuous(bound):  # composed through the layers: every deeper bound is infinite too
-                    self._not_judged(label, not_judged_reason(label, spec.reduction_length + 1, dtype, None,
+                    self._not_judged(label, not_judged_reason(spec.reduction_length + 1, dtype, None,
                                                               f"the depth check composes the worst-case bound; "
                                                               f"infinite from depth {level + 1}"))
                     break
@@ -333,7 +333,7 @@ class ClaimRunner:
                 failures.append(f"{label} is not deterministic: two runs on the same input differ by "
                                 f"{np.max(np.abs(full.astype(np.float64) - again.astype(np.float64))):.3g}")
             if vacuous(bound) and not divergence:
-                self._not_judged(label, not_judged_reason(label, spec.reduction_length + 1, dtype, accumulation))
+                self._not_judged(label, not_judged_reason(spec.reduction_length + 1, dtype, accumulation))
                 continue
             for i in range(batch):
                 one = variant.y_out(layer.forward(variant.x_in(x[i:i + 1], single)), single)
@@ -474,10 +474,9 @@ class ClaimRunner:
 
     def _note_accumulation(self, found: dict[str, str | None]) -> None:
         """record["accumulation"]: per variant, the accumulators its probes found (suites.accumulation)."""
-        noted = self.record.setdefault("accumulation", {})
         for label, accumulation in found.items():
-            if accumulation is not None:
-                kinds = noted.setdefault(label, [])
+            if accumulation is not None:  # None: no probe applies (not half precision, too few terms)
+                kinds = self.record.setdefault("accumulation", {}).setdefault(label, [])
                 if accumulation not in kinds:
                     kinds.append(accumulation)
 
@@ -636,7 +635,7 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
                                                            divergence.ceiling.bound_dtype(dtype)), want, variant, dims)
             outcome.failures.extend([v.failure] if v.failure else [])
         elif vacuous(bound):
-            v.not_judged = not_judged_reason(label, spec.reduction_length + 1, dtype, outcome.accumulation.get(label))
+            v.not_judged = not_judged_reason(spec.reduction_length + 1, dtype, outcome.accumulation.get(label))
         elif not ratio <= 1.0:
             v.failure = _failure_line(label, spec, dtype, y, want, bound, index, error, ratio)
             outcome.failures.append(v.failure)

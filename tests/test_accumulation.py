@@ -105,7 +105,7 @@ def test_the_probe_finds_a_half_precision_accumulator(monkeypatch):
     assert accumulator("narrow", spec, "bfloat16", "cpu", np.zeros((2, 300))) == "bfloat16"
     assert accumulator("narrow", spec, "float16", "cpu", np.zeros((2, 300))) == "float16"
     assert accumulator("narrow", spec, "float32", "cpu", np.zeros((2, 300))) is None  # not half precision: no probe
-    assert accumulator("narrow", LayerSpec.dense(3, 3), "bfloat16", "cpu", np.zeros((2, 3))) is None  # too few terms to tell
+    assert accumulator("narrow", LayerSpec.dense(3, 3), "bfloat16", "cpu", np.zeros((2, 3))) is None  # too few terms
 
 
 def test_a_wrong_result_does_not_buy_the_worst_case_bound(monkeypatch):
@@ -233,6 +233,7 @@ def test_no_passed_result_rests_on_an_infinite_bound_in_a_whole_report(tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(report.read_text())["results"]
     judged = [r for r in results if r["check"] in ("forward", "batch", "gradient", "depth")]
-    long = [r for r in judged if any((n + 1) * 2.0 ** -8 >= 1 for n in (r.get("samples") or {}).get("reduction_length") or [])]
+    long = [r for r in judged
+            if any((n + 1) * 2.0 ** -8 >= 1 for n in (r.get("samples") or {}).get("reduction_length") or [])]
     assert long, "the selection reached no example with an infinite worst-case bound: the test shows nothing"
     assert vacuous_passes({"results": results}) == []
