@@ -64,11 +64,12 @@ def narrow_loss(terms: int, dtype: str) -> float:
     values = probe_pattern(terms, dtype)
     exact = float(np.sum(values))
     bound = float(wide_error_bound(terms, np.sum(np.abs(values)), exact, 0.0, dtype))
-    loss = min(abs(total - exact) for total in (_sequential(values, half), _pairwise(values, half)))
+    loss = min(abs(total - exact) for total in (sequential_sum(values, half), _pairwise(values, half)))
     return loss if loss > 2 * bound else 0.0
 
 
-def _sequential(values: np.ndarray, dtype: str) -> float:
+def sequential_sum(values: np.ndarray, dtype: str) -> float:
+    """The values summed left to right with every partial sum rounded to `dtype`."""
     cast = numpy_dtype(dtype).type
     total = cast(0.0)
     for value in values:

@@ -20,19 +20,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from adapters.spec import LayerSpec, numpy_dtype
 from suites import accumulation
-from suites.accumulation import WIDE, accumulator, narrow_loss, probe_pattern
+from suites.accumulation import WIDE, accumulator, narrow_loss, probe_pattern, sequential_sum
 from suites.bounds import error_bound, layer_error_bound, vacuous, wide_error_bound
 from suites.strategies import STYLES, random_array
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _sum_in(values: np.ndarray, dtype: str) -> float:
-    cast = numpy_dtype(dtype).type
-    total = cast(0.0)
-    for value in values:
-        total = cast(float(total) + float(value))
-    return float(total)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
@@ -66,7 +58,7 @@ def test_the_probe_pattern_summed_in_the_half_dtype_misses_the_wide_bound(dtype,
     values = probe_pattern(terms, dtype)
     exact = float(np.sum(values))
     bound = float(wide_error_bound(terms, np.sum(np.abs(values)), exact, 0.0, dtype))
-    assert abs(_sum_in(values, dtype) - exact) > 2 * bound
+    assert abs(sequential_sum(values, dtype) - exact) > 2 * bound
     assert narrow_loss(terms, dtype) > 2 * bound
     assert abs(float(numpy_dtype(dtype).type(np.sum(values.astype(np.float32)))) - exact) <= bound
 
@@ -91,7 +83,7 @@ class _Sums:
         class Layer:
             def forward(self, x):
                 kernel = np.asarray(weights["kernel"], np.float64)
-                out = np.array([[_sum_in(row * kernel[:, o], dtype) for o in range(kernel.shape[1])]
+                out = np.array([[sequential_sum(row * kernel[:, o], dtype) for o in range(kernel.shape[1])]
                                 for row in np.asarray(x, np.float64)])
                 return (out * outer.scale).astype(numpy_dtype(dtype))
 
