@@ -13,9 +13,9 @@ Which model a variant gets is not assumed: it is shown. `accumulator` runs the v
 same framework, geometry, dtype, device and input shape as the example, so the same compiled
 program) on an input of ones and a kernel whose every output channel sums a shuffled mix of +1 and
 -1 (cancelling) and small terms eps (2^-10 in bfloat16, 2^-12 in float16: less than half an ulp of
-1 in the dtype, exact in float32). Summed in float32, every eps survives; summed in the dtype in any
-order that adds an eps to a partial sum near 1 (sequential, pairwise, blocked: checked for the
-probe's own pattern before it is used), eps are lost and the result misses the wide bound by a wide
+1 in the dtype, exact in float32). Summed in float32, every eps survives; summed in the dtype in an
+order that adds eps to partial sums near 1 (sequential and pairwise order are checked for the probe's
+own pattern before it is used: `narrow_loss`), eps are lost and the result misses the wide bound by a wide
 margin. A layer whose probe loses what a half-precision sum loses is judged by the worst-case bound,
 and where that is infinite its comparison is measured but not judged (never passed); any other layer
 is judged by the wide bound (a probe that is off by less is a wrong result, not an accumulator, and
@@ -39,10 +39,10 @@ from suites.bounds import wide_error_bound
 
 HALF = ("bfloat16", "float16")
 PROBE_EPS = {"bfloat16": 2.0 ** -10, "float16": 2.0 ** -12}
-MIN_TERMS = 4  # fewer products cannot tell the accumulators apart (see decisive)
+MIN_TERMS = 4  # fewer products cannot tell the accumulators apart (see narrow_loss)
 WIDE = "float32"  # what `accumulator` returns for a layer that sums in float32
 
-_FOUND: dict[tuple[Any, ...], str | None] = {}
+_FOUND: dict[tuple[Any, ...], str] = {}
 
 
 def probe_pattern(terms: int, dtype: str, shift: int = 0) -> np.ndarray:
