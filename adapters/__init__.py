@@ -12,13 +12,13 @@ from .spec import DTYPES, LayerSpec, SpecError, Weights
 
 # framework name -> (module, attribute, extra that installs it, class names)
 _REGISTRY: dict[str, tuple[str, str, str, dict[tuple[str, int], str]]] = {
-    "torch": ("adapters.torch", "ADAPTER", "torch",
+    "torch": ("layer_conformance.adapters.torch", "ADAPTER", "torch",
               {("dense", 0): "Linear", ("conv", 1): "Conv1d", ("conv", 2): "Conv2d"}),
-    "keras": ("adapters.keras", "ADAPTER", "tensorflow",
+    "keras": ("layer_conformance.adapters.keras", "ADAPTER", "tensorflow",
               {("dense", 0): "Dense", ("conv", 1): "Conv1D", ("conv", 2): "Conv2D"}),
-    "flax.linen": ("adapters.flax", "LINEN", "jax",
+    "flax.linen": ("layer_conformance.adapters.flax", "LINEN", "jax",
                    {("dense", 0): "Dense", ("conv", 1): "Conv", ("conv", 2): "Conv"}),
-    "flax.nnx": ("adapters.flax", "NNX", "jax",
+    "flax.nnx": ("layer_conformance.adapters.flax", "NNX", "jax",
                  {("dense", 0): "Linear", ("conv", 1): "Conv", ("conv", 2): "Conv"}),
 }
 FRAMEWORKS = tuple(_REGISTRY)
@@ -47,13 +47,13 @@ def clear_programs() -> None:
     """Drop every compiled layer program (Flax, Keras on jax) of the frameworks imported so far.
 
     Programs trace the framework's ops once per geometry; after monkeypatching those ops in a live
-    process (a fault injected by suites.fault_plugin) they must be traced again. Built layers kept
+    process (a fault injected by layer_conformance.suites.fault_plugin) they must be traced again. Built layers kept
     for reuse go too.
     """
     import sys
 
     forget_built_layers()
-    for module_name in ("adapters.flax", "adapters.keras"):
+    for module_name in ("layer_conformance.adapters.flax", "layer_conformance.adapters.keras"):
         module = sys.modules.get(module_name)
         if module is not None:
             module.clear_programs()

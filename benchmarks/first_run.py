@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reports.cores import usable_cores
+from layer_conformance.reports.cores import usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -56,8 +56,8 @@ def _harness_run(claim_id: str, examples: int, dtype: str, on_example: Callable[
     """
     from hypothesis import HealthCheck, given, settings, strategies as st
 
-    from suites.catalog import CLAIMS_BY_ID
-    from suites.harness import Case, ClaimRunner, freeze_imports
+    from layer_conformance.suites.catalog import CLAIMS_BY_ID
+    from layer_conformance.suites.harness import Case, ClaimRunner, freeze_imports
 
     runner = ClaimRunner(Case(CLAIMS_BY_ID[claim_id], dtype, "cpu"), {}, check="forward", geometries=geometries)
     freeze_imports()  # as the suite's runner fixture does
@@ -89,8 +89,8 @@ def _hand_example(claim_id: str, dtype: str) -> Callable[[tuple, Any], None]:
     """One example of the hand-written loop (below): a function of (drawn example, NumPy generator)."""
     import numpy as np
 
-    from adapters import get_adapter, reference
-    from suites.catalog import CLAIMS_BY_ID
+    from layer_conformance.adapters import get_adapter, reference
+    from layer_conformance.suites.catalog import CLAIMS_BY_ID
 
     claim = CLAIMS_BY_ID[claim_id]
     base = claim.variants[0]
@@ -154,8 +154,8 @@ def _floor_run(claim_id: str, drawn: list[tuple], dtype: str) -> tuple[float, in
 def _timing_calls(seconds: dict[str, float]) -> Any:
     """Adds the wall time spent in framework calls (Adapter.build, Layer.forward) and in
     ClaimRunner.draw to `seconds` while active."""
-    from adapters.base import Adapter, Layer
-    from suites.harness import ClaimRunner
+    from layer_conformance.adapters.base import Adapter, Layer
+    from layer_conformance.suites.harness import ClaimRunner
 
     originals = [(Adapter, "build", "framework"), (Layer, "forward", "framework"), (ClaimRunner, "draw", "draw")]
     saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in originals]
@@ -197,7 +197,7 @@ def _breakdown(claim_id: str, examples: int, dtype: str, pool: int | None, drawn
 
 
 def overhead(examples: int, dtype: str, rounds: int) -> dict[str, dict[str, float]]:
-    from suites.strategies import CI_GEOMETRIES
+    from layer_conformance.suites.strategies import CI_GEOMETRIES
 
     print(f"\n== Harness overhead: ClaimRunner.forward_example under hypothesis vs a hand-written loop "
           f"({examples} derandomized examples, {dtype}, cpu; {rounds} rounds after a warm-up round)")
@@ -248,7 +248,7 @@ def overhead(examples: int, dtype: str, rounds: int) -> dict[str, dict[str, floa
 
 
 def throughput(examples: int, dtype: str) -> None:
-    from suites.catalog import CLAIMS
+    from layer_conformance.suites.catalog import CLAIMS
 
     print(f"\n== Throughput of the forward check ({examples} derandomized examples per claim, {dtype}, cpu)")
     print("  first = the first example of the claim (frameworks already imported: compiles its first shapes); "
@@ -272,8 +272,8 @@ POOL_CLAIMS = ("xfw-conv1d", "flax-dense-conv-1x1", "keras-dense-conv1d-methods"
 
 def geometry_pool(examples: int, dtype: str) -> None:
     """Examples/s with every example its own geometry against a pool of 10 (the ci profile's)."""
-    from adapters import clear_programs
-    from suites.strategies import CI_GEOMETRIES
+    from layer_conformance.adapters import clear_programs
+    from layer_conformance.suites.strategies import CI_GEOMETRIES
 
     print(f"\n== Geometry pool: the forward check, {examples} derandomized examples per claim ({dtype}, cpu), "
           f"each example its own geometry vs a pool of {CI_GEOMETRIES} (new shapes compile: XLA, tf.function)")
@@ -317,7 +317,7 @@ _PROBE = """
 import json, sys, time
 start = time.perf_counter()
 sys.argv = ["conformance"] + json.loads(sys.argv[1])
-from reports.cli import main
+from layer_conformance.reports.cli import main
 try:
     code = main()
 except SystemExit as exc:

@@ -26,11 +26,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
 
-from reports.cores import usable_cores
-from reports.messages import headline
-from reports.schema import ReportError, load_report, write_json_atomic
-
-ROOT = Path(__file__).resolve().parent.parent
+from layer_conformance.reports.cores import usable_cores
+from layer_conformance.reports.messages import headline
+from layer_conformance.reports.schema import ReportError, load_report, write_json_atomic
 
 # exit statuses of `conformance run` (README: "Exit statuses"); 128 + N: interrupted by signal N
 EXIT_OK = 0  # every selected test has a verdict; none failed or errored
@@ -114,15 +112,16 @@ def shard_frameworks(selected: list[str] | None, backend: str | None, first: boo
     """
     if first or backend is None:
         return selected
-    from adapters import FRAMEWORKS
+    from layer_conformance.adapters import FRAMEWORKS
 
     wanted = ("keras", *NATIVE.get(backend, ()))
     return [f for f in (selected or FRAMEWORKS) if f in wanted]
 
 
 def _pytest_command(args: argparse.Namespace, shard: Path, backend: str | None, first: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites"), "--rootdir", str(ROOT), "-q",
-           "--conformance-report", str(shard), "-p", "no:cacheprovider",
+    from layer_conformance.suites import pytest_command
+
+    cmd = [*pytest_command(), "--conformance-report", str(shard),
            # next to the merged report, so its relative links resolve from the output folder
            "--conformance-counterexamples", str(shard.parent.parent / "counterexamples")]
     if args.profile:
@@ -159,9 +158,9 @@ def log_path(shard: Path) -> Path:
 
 def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything pytest would refuse later, refused now, in one line (adapters' names import no framework)."""
-    from adapters import FRAMEWORKS
-    from adapters.base import DEVICES
-    from adapters.spec import DTYPES
+    from layer_conformance.adapters import FRAMEWORKS
+    from layer_conformance.adapters.base import DEVICES
+    from layer_conformance.adapters.spec import DTYPES
 
     for option, known in (("frameworks", FRAMEWORKS), ("dtypes", DTYPES), ("devices", DEVICES)):
         value = getattr(args, option)
@@ -174,7 +173,7 @@ def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             and not (args.workers.isdigit() and int(args.workers) > 0):
         parser.error(f"-n/--workers: {args.workers!r} is not a number of workers; give a positive integer or auto")
     if args.timeout is not None:
-        from reports.flight import parse_timeout
+        from layer_conformance.reports.flight import parse_timeout
 
         try:
             parse_timeout(args.timeout)
@@ -243,11 +242,11 @@ class _Forwarder:
 
 @contextlib.contextmanager
 def _shared_pools() -> Iterator[None]:
-    """One folder of geometry pools for every part of the run (suites.strategies._shared_pool), so that
+    """One folder of geometry pools for every part of the run (layer_conformance.suites.strategies._shared_pool), so that
     a case's pool is drawn once per run rather than once per worker of each part."""
     import tempfile
 
-    from suites.strategies import POOL_DIR_ENV
+    from layer_conformance.suites.strategies import POOL_DIR_ENV
 
     before = os.environ.get(POOL_DIR_ENV)
     with tempfile.TemporaryDirectory(prefix="conformance-pools-") as folder:
@@ -281,9 +280,6 @@ def run(argv: list[str]) -> int:
     _check_run_args(parser, args)
     out = Path(args.out)
     _check_output_folder(parser, out)
-    if not (ROOT / "conftest.py").is_file() or not (ROOT / "suites").is_dir():
-        parser.exit(2, f"{parser.prog}: error: the suites are not found next to the installed package ({ROOT}); "
-                       f"install layer-conformance from a clone with `pip install -e .`\n")
     backends = args.keras_backends or available_backends() or [None]
     unknown = [b for b in backends if b is not None and b not in KERAS_BACKENDS]
     if unknown:
@@ -293,7 +289,7 @@ def run(argv: list[str]) -> int:
         backends = backends[:1]  # no Keras variant selected: one run covers everything
     if not args.profile and not os.environ.get("CONFORMANCE_PROFILE"):
         args.profile = "ci"  # the conformance job: derandomized, the same examples every run
-    from reports.progress import Progress
+    from layer_conformance.reports.progress import Progress
 
     progress = Progress()
     started = time.monotonic()
@@ -313,7 +309,7 @@ def run(argv: list[str]) -> int:
             title = f"KERAS_BACKEND={backend}" if backend else "keras not installed"
             with open(log_path(shard), "w", encoding="utf-8") as log, progress.follow(title, progress_path(shard)):
                 code = signals.call(_pytest_command(args, shard, backend, index == 0),
-                                    env=_child_environment(backend, args.no_speed, index == 0), cwd=str(ROOT),
+                                    env=_child_environment(backend, args.no_speed, index == 0),
                                     stdout=log, stderr=subprocess.STDOUT)
             codes.append(code)
             if shard.is_file():
@@ -336,7 +332,7 @@ def run(argv: list[str]) -> int:
         _mark_incomplete(report, problems, interrupted)
         _write_outputs(report, out)
     if args.table:
-        from reports.table import format_table
+        from layer_conformance.reports.table import format_table
 
         print(format_table(report["results"]))
     print(run_summary(report, out, time.monotonic() - started))
@@ -344,7 +340,7 @@ def run(argv: list[str]) -> int:
 
 
 def _describe_code(code: int) -> str:
-    from reports.flight import signal_name
+    from layer_conformance.reports.flight import signal_name
 
     return f"killed by {signal_name(-code)}" if code < 0 else f"exit status {code}"
 
@@ -412,7 +408,7 @@ def run_summary(report: dict, out: Path, seconds: float) -> str:
 
 def _merge(shards: list[tuple[str, Path]]) -> dict:
     """One report from the parts; a part's own incompleteness (tests without a result) is kept, named."""
-    from reports.merge import merge_reports
+    from layer_conformance.reports.merge import merge_reports
 
     loaded = [(name, load_report(path)) for name, path in shards]
     report = loaded[0][1] if len(loaded) == 1 else merge_reports(loaded)
@@ -430,8 +426,8 @@ def _merge(shards: list[tuple[str, Path]]) -> dict:
 
 def _write_outputs(report: dict, out: Path) -> None:
     write_json_atomic(out / "report.json", report)
-    from reports.html import write_html
-    from reports.markdown import write_markdown
+    from layer_conformance.reports.html import write_html
+    from layer_conformance.reports.markdown import write_markdown
 
     write_markdown(report, out / "report.md")
     write_html(report, out / "report.html")
@@ -446,10 +442,10 @@ def _delegate(module: str) -> Callable[[list[str]], int]:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (run, "run the suites (per Keras backend), merge, write report.json/.md/.html"),
-    "compare": (_delegate("reports.compare"), "diff two reports; exit 1 on regression (upgrade gate)"),
-    "merge": (_delegate("reports.merge"), "join shard reports into one"),
-    "repro": (_delegate("reports.repro"), "re-run a saved failing example"),
-    "faults": (_delegate("reports.faults"), "inject framework faults, run the suite under each, print the mutation score"),
+    "compare": (_delegate("layer_conformance.reports.compare"), "diff two reports; exit 1 on regression (upgrade gate)"),
+    "merge": (_delegate("layer_conformance.reports.merge"), "join shard reports into one"),
+    "repro": (_delegate("layer_conformance.reports.repro"), "re-run a saved failing example"),
+    "faults": (_delegate("layer_conformance.reports.faults"), "inject framework faults, run the suite under each, print the mutation score"),
 }
 
 

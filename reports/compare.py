@@ -47,7 +47,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple
 
-from reports.schema import ReportError, load_report, require_results, summarize, write_text_atomic
+from layer_conformance.reports.schema import ReportError, load_report, require_results, summarize, write_text_atomic
 
 DRIFT_FLOOR = 1e-3
 DEFAULT_FACTOR = 2.0
@@ -838,7 +838,7 @@ def _skip_pattern(text: str) -> re.Pattern[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reports.cli import ArgumentParser
+    from layer_conformance.reports.cli import ArgumentParser
 
     parser = ArgumentParser(
         prog="conformance compare",

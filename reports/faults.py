@@ -14,15 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reports.schema import ReportError, load_report, write_json_atomic
+from layer_conformance.reports.schema import ReportError, load_report, write_json_atomic
 
-ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("dev", "ci", "thorough", "debug")
 FAULT_FAILING = ("failed", "error")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from reports.cli import ArgumentParser
+    from layer_conformance.reports.cli import ArgumentParser
 
     parser = ArgumentParser(
         prog="conformance faults",
@@ -43,8 +42,9 @@ def pytest_command(fault: Any, report: Path, profile: str) -> list[str]:
     """The pytest run for one fault: its framework only, float32 on cpu, the claims and checks it touches."""
     rows = [f"[{claim}-float32" for claim in fault.claims] or ["["]
     selection = " or ".join(f"test_{check}{row}" for check in fault.checks for row in rows)
-    return [sys.executable, "-m", "pytest", str(ROOT / "suites"), "--rootdir", str(ROOT), "-q", "-p", "no:cacheprovider",
-            "-p", "suites.fault_plugin", "--conformance-fault", fault.id, "--conformance-report", str(report),
+    from layer_conformance.suites import pytest_command as suites_command
+
+    return [*suites_command(), "--conformance-fault", fault.id, "--conformance-report", str(report),
             "--conformance-devices", "cpu", "--conformance-dtypes", "float32",
             "--conformance-require", fault.frameworks[0], "--conformance-frameworks", ",".join(fault.frameworks),
             "--hypothesis-profile", profile, "-k", selection, "-x" if fault.kind == "fault" else "-rN"]
@@ -59,7 +59,7 @@ def benign_examples_per_test(fault: Any, total: int, env: dict[str, str]) -> int
     collect = [*pytest_command(fault, Path(os.devnull), "ci"), "--collect-only", "-q"]
     collect.remove("--conformance-report")
     collect.remove(os.devnull)
-    done = subprocess.run(collect, env=env, cwd=str(ROOT), capture_output=True, text=True)
+    done = subprocess.run(collect, env=env, capture_output=True, text=True)
     tests = 0
     for line in done.stdout.splitlines():  # "-q -q": `file: count` lines
         path, _, count = line.rpartition(":")
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.benign_examples < 0:
         parser.error(f"--benign-examples must be >= 0, got {args.benign_examples}")
-    from suites.faults import FAULTS, FAULTS_BY_ID
+    from layer_conformance.suites.faults import FAULTS, FAULTS_BY_ID
 
     if args.faults is not None:
         wanted = [f.strip() for f in args.faults.split(",") if f.strip()]
@@ -148,7 +148,7 @@ def main(argv: list[str]) -> int:
             profile += f", {per_test} examples per test"
         print(f"conformance faults: {fault.id} ({fault.kind}, profile {profile})", flush=True)
         started = time.perf_counter()
-        code = subprocess.call(pytest_command(fault, report_path, profile.split(",")[0]), env=run_env, cwd=str(ROOT),
+        code = subprocess.call(pytest_command(fault, report_path, profile.split(",")[0]), env=run_env,
                                stdout=subprocess.DEVNULL if args.quiet else None)
         try:
             row = judge(fault, load_report(report_path), args.benign_examples)

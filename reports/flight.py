@@ -3,7 +3,7 @@
 A framework that kills its process (a segfault, an abort, the OOM killer) or hangs takes the Python
 state with it, so the pytest-xdist worker cannot report anything. Each worker therefore writes, before
 every framework call (adapters' `build`, `forward`, `vjp`, observed through
-`adapters.base.set_call_observer`), one small record of the test and of the call: which test, claim,
+`layer_conformance.adapters.base.set_call_observer`), one small record of the test and of the call: which test, claim,
 dtype and device, which framework and layer, the geometry, and the arrays the layer was given. The
 controller reads it when xdist reports the worker crashed (`describe_crash`) and turns it into an
 `error` row with a saved counterexample and a command that reproduces the crash (`save_crash`).
@@ -61,7 +61,7 @@ def _overwrite(fd: int, data: bytes) -> None:
 def _call_line(stage: str, framework: str, variant: str, spec: Any, input_shape: tuple[int, ...] | None) -> bytes:
     """The call's JSON line up to its time stamp (without the closing brace): the same for every
     example of a geometry, so serialized once."""
-    from suites.counterexamples import spec_to_json
+    from layer_conformance.suites.counterexamples import spec_to_json
 
     line = json.dumps({"stage": stage, "framework": framework, "variant": variant, "layer": spec.describe(),
                        "spec": spec_to_json(spec), "input_shape": None if input_shape is None else list(input_shape)})
@@ -156,7 +156,7 @@ _RECORDER: Recorder | None = None
 def start(folder: str | os.PathLike[str], timeout_s: float | None, owner: Any) -> Recorder:
     """Start recording in this process (an xdist worker) for the pytest config `owner`; observe every adapter call."""
     global _RECORDER
-    from adapters.base import set_call_observer
+    from layer_conformance.adapters.base import set_call_observer
 
     _RECORDER = Recorder(Path(folder), timeout_s)
     _RECORDER.owner = owner
@@ -173,7 +173,7 @@ def recorder(config: Any) -> Recorder | None:
 def stop(config: Any) -> None:
     global _RECORDER
     if recorder(config) is not None:
-        from adapters.base import set_call_observer
+        from layer_conformance.adapters.base import set_call_observer
 
         set_call_observer(None)
         _RECORDER.close()
@@ -298,7 +298,7 @@ def save_crash(folder: Path, arrays: dict[str, np.ndarray], call: dict[str, Any]
                reason: str, timeout_s: float | None) -> dict[str, Any]:
     """`<stem>.crash.npz` (the call's arrays and its description) and `<stem>.crash.py`, which makes the
     call once in a fresh process: its exit status is the crash's, so `conformance repro` can tell."""
-    from suites.counterexamples import counterexample_stem
+    from layer_conformance.suites.counterexamples import counterexample_stem
 
     folder.mkdir(parents=True, exist_ok=True)
     stem = counterexample_stem(row["nodeid"], row.get("keras_backend")) + ".crash"
@@ -337,8 +337,8 @@ os.environ.setdefault("KERAS_BACKEND", {backend!r})
 
 
 def main(path):
-    from adapters import get_adapter
-    from suites.counterexamples import spec_from_json
+    from layer_conformance.adapters import get_adapter
+    from layer_conformance.suites.counterexamples import spec_from_json
 
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
@@ -388,8 +388,7 @@ def repro_crash(npz: Path, meta: dict[str, Any]) -> int:
     if not script.is_file():
         script.write_text(crash_script(meta, npz.name), encoding="utf-8")
     timeout = meta.get("timeout_s") or DEFAULT_TIMEOUT_S
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ)  # the script imports layer_conformance, installed like this process's
     print(f"conformance repro: {meta['message'].splitlines()[0]}")
     print(f"conformance repro: running {script} in a child process (limit {timeout:g} s)", flush=True)
     try:

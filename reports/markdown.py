@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from reports.messages import headline, rest
-from reports.schema import write_text_atomic
+from layer_conformance.reports.messages import headline, rest
+from layer_conformance.reports.schema import write_text_atomic
 
 MISSING = "–"
 

@@ -6,7 +6,7 @@ Rules:
   name unless an earlier merge already set it).
 * A result seen in two shards (same ``result_key``) is kept once. Equal statuses keep the first
   copy. Different statuses keep the worse one (error > failed > passed > measured > xfailed > skipped,
-  `reports.compare.STATUS_SEVERITY`), so a
+  `layer_conformance.reports.compare.STATUS_SEVERITY`), so a
   failure on any shard is never hidden, and ``merge_conflicts`` lists ``{shard, status, reason}``
   for each status seen, from the first shard that reported it.
 * ``shards`` lists the leaf shards; already-merged inputs contribute their own ``shards`` so that
@@ -22,8 +22,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from reports.compare import result_key, severity
-from reports.schema import (
+from layer_conformance.reports.compare import result_key, severity
+from layer_conformance.reports.schema import (
     SCHEMA, ReportError, load_report, require_results, summarize, validate_report, write_json_atomic,
 )
 
@@ -135,7 +135,7 @@ def merge_reports(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reports.cli import ArgumentParser
+    from layer_conformance.reports.cli import ArgumentParser
 
     parser = ArgumentParser(
         prog="conformance merge",

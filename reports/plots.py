@@ -361,7 +361,7 @@ def many_claim_plots(jobs: Sequence[tuple[list[dict[str, Any]], str]], workers: 
     cores it takes half the time. Each process draws whole claims, so the bytes are the same as drawn
     in one. Where the processes fail (no interpreter to start, say) the plots are drawn here.
     """
-    from reports.cores import usable_cores
+    from layer_conformance.reports.cores import usable_cores
 
     workers = min(workers or usable_cores(), len(jobs))
     if workers > 1:
@@ -373,7 +373,7 @@ def many_claim_plots(jobs: Sequence[tuple[list[dict[str, Any]], str]], workers: 
 
 
 def drawn_in_processes(jobs: Sequence[tuple[list[dict[str, Any]], str]], workers: int) -> list[dict[str, Any]]:
-    """The plots drawn by `workers` child interpreters (`python -m reports.plots`), jobs dealt round robin.
+    """The plots drawn by `workers` child interpreters (`python -m layer_conformance.reports.plots`), jobs dealt round robin.
 
     Plain child processes, not multiprocessing: its spawn and forkserver methods import the caller's
     main script again in each child, which runs a script without a `__main__` guard a second time.
@@ -388,7 +388,7 @@ def drawn_in_processes(jobs: Sequence[tuple[list[dict[str, Any]], str]], workers
                 path = os.path.join(folder, f"jobs-{index}.pickle")
                 with open(path, "wb") as handle:
                     pickle.dump(chunk, handle)
-                children.append(subprocess.Popen([sys.executable, "-m", "reports.plots", path],
+                children.append(subprocess.Popen([sys.executable, "-m", "layer_conformance.reports.plots", path],
                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE))
             drawn = []
             for child in children:

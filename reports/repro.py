@@ -25,7 +25,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from reports.cli import ArgumentParser
+    from layer_conformance.reports.cli import ArgumentParser
 
     parser = ArgumentParser(
         prog=PROG,
@@ -43,7 +43,7 @@ def _format(value: Any, spec: str = ".3g") -> str:
 
 
 def _print_header(saved: dict[str, Any]) -> None:
-    from suites.counterexamples import describe_dims
+    from layer_conformance.suites.counterexamples import describe_dims
 
     meta = saved["meta"]
     print(f"counterexample {saved['path']}")
@@ -58,7 +58,7 @@ def _print_header(saved: dict[str, Any]) -> None:
 
 def _select(claim: Any, saved: dict[str, Any], frameworks: list[str] | None) -> tuple[list[Any], dict[str, str]]:
     """The claim's variants that can run here (and were asked for); the others with the reason."""
-    from adapters import get_adapter
+    from layer_conformance.adapters import get_adapter
 
     dims, dtype, device = saved["dims"], saved["meta"]["dtype"], saved["meta"]["device"]
     runnable, skipped = [], {}
@@ -76,10 +76,10 @@ def _select(claim: Any, saved: dict[str, Any], frameworks: list[str] | None) -> 
 
 
 def _rerun(saved: dict[str, Any], frameworks: list[str] | None) -> int:
-    from adapters import FRAMEWORKS
-    from adapters.base import canonical
-    from adapters.spec import SpecError
-    from suites.catalog import CLAIMS_BY_ID
+    from layer_conformance.adapters import FRAMEWORKS
+    from layer_conformance.adapters.base import canonical
+    from layer_conformance.adapters.spec import SpecError
+    from layer_conformance.suites.catalog import CLAIMS_BY_ID
 
     meta = saved["meta"]
     unknown = sorted(set(frameworks or ()) - set(FRAMEWORKS))
@@ -105,7 +105,7 @@ def _rerun(saved: dict[str, Any], frameworks: list[str] | None) -> int:
     if meta.get("keras_backend") and "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", meta["keras_backend"])  # the backend the failure was seen on
 
-    from suites.harness import Case, evaluate_example
+    from layer_conformance.suites.harness import Case, evaluate_example
 
     runnable, skipped = _select(claim, saved, frameworks)
     failed_before = [v["label"] for v in saved["variants"] if v.get("failed")]
@@ -126,7 +126,7 @@ def _rerun(saved: dict[str, Any], frameworks: list[str] | None) -> int:
         raise _Unusable(f"the saved example does not fit the catalog's claim {claim.id} any more ({exc})") from None
     _print_table(outcome, saved, {**skipped, **outcome.skipped})
     if meta.get("keras_backend") and any(v.framework == "keras" for v in outcome.variants):
-        from adapters.keras import BACKEND
+        from layer_conformance.adapters.keras import BACKEND
 
         if BACKEND != meta["keras_backend"]:
             print(f"note: re-run on Keras backend {BACKEND}; the example was saved on {meta['keras_backend']}")
@@ -157,7 +157,7 @@ def _print_table(outcome: Any, saved: dict[str, Any], skipped: dict[str, str]) -
 
 def _check_version(saved: dict[str, Any]) -> None:
     """The loader accepts any counterexample/vN document; only the version this code writes can be re-run."""
-    from suites.counterexamples import SCHEMA
+    from layer_conformance.suites.counterexamples import SCHEMA
 
     schema = str(saved["meta"].get("schema"))
     prefix, _, version = SCHEMA.rpartition("/v")
@@ -175,8 +175,8 @@ def _check_version(saved: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from reports.flight import crash_meta, repro_crash
-    from suites.counterexamples import CounterexampleError, load_counterexample
+    from layer_conformance.reports.flight import crash_meta, repro_crash
+    from layer_conformance.suites.counterexamples import CounterexampleError, load_counterexample
 
     crash = crash_meta(args.path)
     if crash is not None:  # a call that killed its process: re-run it in a child process

@@ -21,9 +21,9 @@ RESULT_KEYS = (
 )
 # Fields that only some results carry (readers treat them as optional):
 # - features: results of the checks that draw a geometry (forward, gradient, depth, batch): {feature name
-#   (suites.features): examples that exercised it}, every feature the claim can exercise, zeros included
+#   (layer_conformance.suites.features): examples that exercised it}, every feature the claim can exercise, zeros included
 # - accumulation: {variant label: [accumulators its probes found: "float32", or the half dtype]}, for half-
-#   precision forward and batch results (suites.accumulation); a "float32" variant is judged by the wide bound
+#   precision forward and batch results (layer_conformance.suites.accumulation); a "float32" variant is judged by the wide bound
 # - not_judged: {variant label: why}: comparisons measured but not judged because their bound is infinite;
 #   such a result is `measured`, never `passed`
 OPTIONAL_RESULT_KEYS = ("features", "accumulation", "not_judged")

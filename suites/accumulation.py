@@ -1,11 +1,11 @@
 """What a layer sums half-precision products in, shown by a probe of its own compiled program.
 
-The worst-case bound of suites.bounds lets every addition round to the dtype: gamma(n, u) grows as
+The worst-case bound of layer_conformance.suites.bounds lets every addition round to the dtype: gamma(n, u) grows as
 n u and is infinite once n u >= 1 (256 terms in bfloat16, 2048 in float16), and long before that it
 allows errors larger than the result (gamma(100, 2^-8) = 0.64). CPU frameworks do not sum that way:
 oneDNN, XLA and Eigen multiply bfloat16 and float16 operands exactly in float32 (8 + 8 or 11 + 11
 significant bits fit float32's 24) and add the products in float32, rounding to the dtype at the
-end. For such a layer suites.bounds.wide_error_bound holds: float32's gamma(n, 2^-24) on |W| |x|, plus
+end. For such a layer layer_conformance.suites.bounds.wide_error_bound holds: float32's gamma(n, 2^-24) on |W| |x|, plus
 one rounding of the result to the dtype and, where the bias is added by a separate operation in the
 dtype, one more. It is finite for every n.
 
@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from adapters import get_adapter, reference
-from adapters.spec import LayerSpec, Weights, compute_dtype, numpy_dtype
-from suites.bounds import wide_error_bound
+from layer_conformance.adapters import get_adapter, reference
+from layer_conformance.adapters.spec import LayerSpec, Weights, compute_dtype, numpy_dtype
+from layer_conformance.suites.bounds import wide_error_bound
 
 HALF = ("bfloat16", "float16")
 PROBE_EPS = {"bfloat16": 2.0 ** -10, "float16": 2.0 ** -12}
@@ -100,7 +100,7 @@ def probe_weights(spec: LayerSpec, dtype: str) -> Weights:
 def accumulator(framework: str, spec: LayerSpec, dtype: str, device: str, x: np.ndarray) -> str | None:
     """What the variant's layer sums this geometry's half-precision products in, from its probe:
 
-    * WIDE ("float32") when the probe lands within suites.bounds.wide_error_bound;
+    * WIDE ("float32") when the probe lands within layer_conformance.suites.bounds.wide_error_bound;
     * the half dtype's name when it is off by at least half of what summing the pattern in that dtype loses
       (`narrow_loss`): the layer is judged by the worst-case bound;
     * WIDE as well when it is off by less: that is no accumulator's rounding but a wrong result, which the

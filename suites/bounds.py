@@ -56,12 +56,12 @@ def bound_coefficient(terms: int, dtype: str, u_eff: float | None = None) -> flo
     return gamma(terms, u) + 2 * u + gamma(terms, UNIT_ROUNDOFF["float64"])
 
 
-ACCUMULATOR_ROUNDOFF = UNIT_ROUNDOFF["float32"]  # a float32 accumulator (suites.accumulation)
+ACCUMULATOR_ROUNDOFF = UNIT_ROUNDOFF["float32"]  # a float32 accumulator (layer_conformance.suites.accumulation)
 
 
 def wide_error_bound(terms: int, magnitude: np.ndarray, expected: np.ndarray, bias_magnitude: np.ndarray | float,
                      dtype: str) -> np.ndarray:
-    """Elementwise bound for a half-precision layer that sums its products in float32 (suites.accumulation).
+    """Elementwise bound for a half-precision layer that sums its products in float32 (layer_conformance.suites.accumulation).
 
     The products of two bfloat16 or float16 values are exact in float32; summing `terms` of them (the
     bias included) in float32, in any order, errs by at most gamma(terms, 2^-24) * m, the float64
@@ -89,7 +89,7 @@ def wide_error_bound(terms: int, magnitude: np.ndarray, expected: np.ndarray, bi
 def layer_error_bound(reduction_length: int, magnitude: np.ndarray, expected: np.ndarray,
                       bias_magnitude: np.ndarray | float, dtype: str, accumulation: str | None) -> np.ndarray:
     """The bound a variant's layer output is judged by: `error_bound`, or, for a half-precision layer
-    whose probe showed a float32 accumulator (suites.accumulation), the smaller of it and
+    whose probe showed a float32 accumulator (layer_conformance.suites.accumulation), the smaller of it and
     `wide_error_bound`. Both hold for such a layer; the wide one is finite for every length."""
     worst = error_bound(reduction_length, magnitude, dtype)
     if accumulation != "float32":

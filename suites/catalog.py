@@ -15,11 +15,11 @@ from typing import Any, Callable, Literal, NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
-from adapters import FRAMEWORKS, class_name
-from adapters import reference
-from adapters.spec import DTYPES, LayerSpec, Weights
-from suites.bounds import error_bound, layer_error_bound
-from suites.strategies import STYLES, Dims, conv_dims, dense_dims, fixed, sequence_dims
+from layer_conformance.adapters import FRAMEWORKS, class_name
+from layer_conformance.adapters import reference
+from layer_conformance.adapters.spec import DTYPES, LayerSpec, Weights
+from layer_conformance.suites.bounds import error_bound, layer_error_bound
+from layer_conformance.suites.strategies import STYLES, Dims, conv_dims, dense_dims, fixed, sequence_dims
 
 # every check a row may ask for: the `check` of a test function in suites/ (tests/test_catalog_names.py keeps
 # the two in step)
@@ -139,7 +139,7 @@ DIFFER_NOTE = ("a differ row shows two computations further apart than the error
 
 
 def _half_precision_note(terms: int) -> str:
-    from suites.bounds import UNIT_ROUNDOFF, gamma
+    from layer_conformance.suites.bounds import UNIT_ROUNDOFF, gamma
 
     g16, g8 = gamma(terms + 1, UNIT_ROUNDOFF["float16"]), gamma(terms + 1, UNIT_ROUNDOFF["bfloat16"])
     return (f"in half precision the worst-case bound of a {terms}-term sum is gamma = {g16:.2g} (float16) and "
@@ -447,7 +447,7 @@ class ReferenceMemo:
 
     def error_bound(self, spec: LayerSpec, layer_magnitude: np.ndarray, dtype: str,
                     accumulation: str | None = None) -> np.ndarray:
-        """The bound of a layer this memo evaluated (`suites.bounds.layer_error_bound`, with the accumulator a
+        """The bound of a layer this memo evaluated (`layer_conformance.suites.bounds.layer_error_bound`, with the accumulator a
         probe found, if any), computed once per layer, dtype and accumulator."""
         entry = next((i for i, seen in enumerate(self._layers) if seen[4] is layer_magnitude), None)
         if entry is None:  # not one of this memo's layers: nothing to share

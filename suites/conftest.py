@@ -7,13 +7,13 @@ from typing import Any, Iterator
 
 import pytest
 
-from reports import flight
-from reports.cores import usable_cores
-from reports.plugin import (REPORT_OPTION, add_report_section, counterexample_folder, record_environment,
+from layer_conformance.reports import flight
+from layer_conformance.reports.cores import usable_cores
+from layer_conformance.reports.recorder import (REPORT_OPTION, add_report_section, counterexample_folder, record_environment,
                             recorded_results)
-from suites.catalog import CLAIMS
-from suites.harness import Case, ClaimRunner, freeze_imports
-from suites.strategies import POOL_DIR_ENV, configured_pool_size
+from layer_conformance.suites.catalog import CLAIMS
+from layer_conformance.suites.harness import Case, ClaimRunner, freeze_imports
+from layer_conformance.suites.strategies import POOL_DIR_ENV, configured_pool_size
 
 _RECORDED: set[str] = set()
 _NUMERICS_SET: set[str] = set()
@@ -39,7 +39,8 @@ JAX_CACHE_ENV = "CONFORMANCE_JAX_CACHE"
 
 
 def jax_cache_dir(rootpath: Path) -> str | None:
-    """JAX's persistent compilation cache: $CONFORMANCE_JAX_CACHE, by default .jax-cache in the rootdir.
+    """JAX's persistent compilation cache: $CONFORMANCE_JAX_CACHE, by default .jax-cache in the folder the run
+    was started from (`rootpath` here), never inside the installed package.
 
     `none` or `off` switches it off. The Flax and Keras-on-jax layers are jit-compiled once per
     geometry and input shape; the cache keeps those executables on disk (keyed by the program, the
@@ -54,7 +55,7 @@ def jax_cache_dir(rootpath: Path) -> str | None:
 
 
 def _configure_jax_cache(config: pytest.Config) -> None:
-    where = jax_cache_dir(Path(config.rootpath))
+    where = jax_cache_dir(Path(config.invocation_params.dir))
     if where is None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return  # switched off, or the user configured JAX's cache directly
     os.environ["JAX_COMPILATION_CACHE_DIR"] = where  # read by jax at import; workers inherit it
@@ -75,7 +76,7 @@ _POOL_FOLDER_KEY = pytest.StashKey[str]()
 
 def _configure_pool_folder(config: pytest.Config) -> None:
     """In the controller: a folder where the first worker to build a case's geometry pool leaves it for the
-    others (suites.strategies._shared_pool); removed at the end. `conformance run` sets one for all its parts."""
+    others (layer_conformance.suites.strategies._shared_pool); removed at the end. `conformance run` sets one for all its parts."""
     if hasattr(config, "workerinput") or os.environ.get(POOL_DIR_ENV):
         return
     import tempfile
@@ -103,8 +104,8 @@ def _start_crash_rechecks(config: pytest.Config) -> None:
     if hasattr(config, "workerinput") or not config.getoption(REPORT_OPTION, None) \
             or os.environ.get(RECHECK_ENV, "").lower() in ("0", "off", "no"):
         return
-    from suites.divergences import known_crashes
-    from suites.known_crashes import Recheck
+    from layer_conformance.suites.divergences import known_crashes
+    from layer_conformance.suites.known_crashes import Recheck
 
     config.stash[_RECHECK_KEY] = Recheck(known_crashes()).start()
 
@@ -114,7 +115,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if hasattr(config, "workerinput") or not config.getoption(REPORT_OPTION, None):
         return
-    from suites.divergences import report_entries
+    from layer_conformance.suites.divergences import report_entries
 
     recheck = config.stash.get(_RECHECK_KEY, None)
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED  # the report must not wait for a child then
@@ -163,7 +164,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _record_unavailable(config: pytest.Config, variants: Any, selected: set[str]) -> None:
     """A selected framework that cannot be imported here is named in the report's environment (once)."""
-    from adapters import get_adapter
+    from layer_conformance.adapters import get_adapter
 
     for framework in {v.framework for v in variants} & selected - _RECORDED:
         reason = get_adapter(framework).available()
@@ -181,7 +182,7 @@ def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -
     for variant in request.param.claim.variants:  # once per framework and process, before its first layer
         if variant.framework not in _NUMERICS_SET and variant.framework in selected:
             _NUMERICS_SET.add(variant.framework)
-            from adapters import get_adapter
+            from layer_conformance.adapters import get_adapter
 
             get_adapter(variant.framework).set_numerics(numerics)
     conformance_record["numerics"] = numerics
@@ -196,6 +197,6 @@ def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -
     for framework in runner.frameworks_used():
         if framework not in _RECORDED:
             _RECORDED.add(framework)
-            from adapters import get_adapter
+            from layer_conformance.adapters import get_adapter
 
             record_environment(request.config, framework, get_adapter(framework).environment())

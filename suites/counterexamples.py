@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from adapters.spec import DTYPES, LayerSpec, SpecError
+from layer_conformance.adapters.spec import DTYPES, LayerSpec, SpecError
 
 if TYPE_CHECKING:  # the harness imports this module lazily; no cycle at run time
-    from suites.harness import Case, ExampleOutcome
+    from layer_conformance.suites.harness import Case, ExampleOutcome
 
 # v2: specs store every LayerSpec field (v1 dropped padding_mode, so a circular, reflect or replicate layer
 # came back with zero padding); `conformance repro` re-runs only the version written here
@@ -165,7 +165,7 @@ def _keras_backend(outcome: "ExampleOutcome") -> str | None:
     if not any(v.framework == "keras" for v in outcome.variants):
         return None
     try:
-        from adapters.keras import BACKEND
+        from layer_conformance.adapters.keras import BACKEND
     except ImportError:  # pragma: no cover - a keras variant ran, so keras imports
         return None
     return BACKEND
@@ -173,8 +173,8 @@ def _keras_backend(outcome: "ExampleOutcome") -> str | None:
 
 def _meta(nodeid: str, case: "Case", outcome: "ExampleOutcome", message: str,
           keras_backend: str | None) -> dict[str, Any]:
-    from adapters import class_name, get_adapter
-    from suites.bounds import bound_ratio
+    from layer_conformance.adapters import class_name, get_adapter
+    from layer_conformance.suites.bounds import bound_ratio
 
     claim, dtype, device = case
     variants = []

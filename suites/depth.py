@@ -6,7 +6,7 @@ For a stack a_l = relu(f_l(a_{l-1})) computed in a dtype, the error e_l = |a_l -
     e_l <= |W_l| e_{l-1} + gamma(K+1, u) * (|W_l| (|a_{l-1}^ref| + e_{l-1}) + |b_l|) + (K+1) * tiny,
 
 the first term carrying earlier errors forward, the second the rounding of layer l itself (its
-inputs may already be off by e_{l-1}); gamma carries the same last-bit allowance as suites.bounds. Starting from e_0 = 0 this is evaluated in float64 through
+inputs may already be off by e_{l-1}); gamma carries the same last-bit allowance as layer_conformance.suites.bounds. Starting from e_0 = 0 this is evaluated in float64 through
 the claim's own mappings, so every variant gets its composed bound at every depth.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ import math
 
 import numpy as np
 
-from adapters import get_adapter, reference
-from adapters.spec import LayerSpec, Weights, numpy_dtype
-from suites.bounds import SMALLEST_NORMAL, bound_coefficient
-from suites.catalog import Claim, Variant
-from suites.strategies import Dims
+from layer_conformance.adapters import get_adapter, reference
+from layer_conformance.adapters.spec import LayerSpec, Weights, numpy_dtype
+from layer_conformance.suites.bounds import SMALLEST_NORMAL, bound_coefficient
+from layer_conformance.suites.catalog import Claim, Variant
+from layer_conformance.suites.strategies import Dims
 
 MAX_DEPTH = 16
 EXAMPLE_SHARE = 2  # a depth example is a stack of up to MAX_DEPTH layers per variant: it gets this share of a profile's examples

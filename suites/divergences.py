@@ -10,7 +10,7 @@ allowed and nothing more:
 - "exception": the variant is run and must raise the documented error (type and message), as
   `suites/test_refusals.py` asserts refusals; no error, or another one, fails the row;
 - "crash": the framework kills the process, so the variant is not run in-process (skipped with the
-  reason); `suites.known_crashes` re-checks each crash in a child process every run.
+  reason); `layer_conformance.suites.known_crashes` re-checks each crash in a child process every run.
 
 `report_entries` turns the rows' observations into the report's top-level `divergences` list.
 """
@@ -25,9 +25,9 @@ import numpy as np
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from adapters.spec import LayerSpec
-from suites.bounds import UNIT_ROUNDOFF, bound_ratio
-from suites.known_crashes import (TF_GROUPED_DILATED_ABORT_SCRIPT, TORCH_BF16_ONEDNN_SCRIPT,
+from layer_conformance.adapters.spec import LayerSpec
+from layer_conformance.suites.bounds import UNIT_ROUNDOFF, bound_ratio
+from layer_conformance.suites.known_crashes import (TF_GROUPED_DILATED_ABORT_SCRIPT, TORCH_BF16_ONEDNN_SCRIPT,
                                   TORCH_F32_ONEDNN_BIAS_SCRIPT, KnownCrash, installed_version,
                                   torch_bf16_onednn_crash, torch_f32_onednn_bias_crash)
 
@@ -162,7 +162,7 @@ DIVERGENCES: tuple[Divergence, ...] = (
         summary="torch's CPU bfloat16 convolution (oneDNN brg_conv_fwd:avx512_core_bf16, on CPUs with AVX-512 "
                 "BF16) kills the process with SIGSEGV when, on a channels-last input view, a spatial axis with "
                 "stride >= 2 and dilation >= 2 has two or more output positions that all read only the zero "
-                "padding torch's conv applies itself (suites.known_crashes.torch_bf16_onednn_crash).",
+                "padding torch's conv applies itself (layer_conformance.suites.known_crashes.torch_bf16_onednn_crash).",
         evidence="torch 2.13.0+cpu alone (issue 13): Conv1d(3, 12, kernel_size=1, stride=2, padding=1, dilation=2, "
                  "bias=False) in bfloat16 on torch.zeros(2, 1, 3).permute(0, 2, 1) exits -11, 3 of 3 runs; "
                  "Conv2d(3, 12, 1, stride=(1, 2), padding=(0, 1), dilation=(1, 2)) on an NHWC-permuted (2, 3, 2, 1) "
@@ -178,7 +178,7 @@ DIVERGENCES: tuple[Divergence, ...] = (
                  "inside it did not; 300 geometries where every output reads only padding: every crash (82) had two "
                  "or more output positions on that axis, none of the 146 with one. Stride 1, dilation 1, F.pad "
                  "padding (asymmetric, same with stride > 1, causal): no crash. Two threads, `python -m "
-                 "suites.known_crashes sweep 600 11 2`: 600 random geometries, 6 crashed, all inside the rule (7 "
+                 "layer_conformance.suites.known_crashes sweep 600 11 2`: 600 random geometries, 6 crashed, all inside the rule (7 "
                  "inside it did not); 600 geometries inside the rule: 240 crashed. The rule is a superset: the "
                  "crash looks like an out-of-bounds access whose effect depends on memory layout.",
         checks=("forward", "gradient", "batch", "depth"),
@@ -196,7 +196,7 @@ DIVERGENCES: tuple[Divergence, ...] = (
         summary="torch's CPU float32 convolution with a bias kills the process with SIGSEGV on the geometry of "
                 "torch-bf16-onednn-padding-only-segfault (a spatial axis with stride >= 2 and dilation >= 2 whose "
                 "two or more output positions all read only the zero padding torch's conv applies itself); "
-                "without a bias float32 does not crash (suites.known_crashes.torch_f32_onednn_bias_crash).",
+                "without a bias float32 does not crash (layer_conformance.suites.known_crashes.torch_f32_onednn_bias_crash).",
         evidence="Found by the ci pool's padding-only-axis corner: suites/test_forward.py::test_forward"
                  "[xfw-conv1d-float32-cpu] died with SIGSEGV in torch.Conv1d forward on conv1d(4->3, k=1, s=2, "
                  "pad=((1, 1),), d=3), input (3, 1, 4). torch 2.13.0+cpu alone, one child process each, "
@@ -273,7 +273,7 @@ _validate(DIVERGENCES)
 
 # ---- matching ---------------------------------------------------------------------------------------
 def keras_backend() -> str | None:
-    from adapters.keras import BACKEND
+    from layer_conformance.adapters.keras import BACKEND
 
     return BACKEND
 

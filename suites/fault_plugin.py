@@ -1,7 +1,9 @@
-"""pytest plugin: `-p suites.fault_plugin --conformance-fault ID` runs the suite on a broken framework.
+"""pytest plugin: `--conformance-fault ID` runs the suite on a broken framework.
 
-The fault (suites/faults.py) is installed in pytest_configure, before collection and before any
-adapter builds a layer; xdist workers load this plugin with the same options and install it too.
+layer_conformance.plugin registers this module when the option is given, in its own pytest_configure
+(after the option checks, before collection and before any adapter builds a layer), which calls this
+module's pytest_configure: the fault (suites/faults.py) is installed. xdist workers get the same options
+and install it too.
 """
 from __future__ import annotations
 
@@ -10,21 +12,14 @@ import os
 
 import pytest
 
-_ADAPTER_MODULES = {"torch": "adapters.torch", "keras": "adapters.keras", "flax": "adapters.flax"}
+_ADAPTER_MODULES = {"torch": "layer_conformance.adapters.torch", "keras": "layer_conformance.adapters.keras", "flax": "layer_conformance.adapters.flax"}
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("conformance", "layer-conformance reports")
-    group.addoption("--conformance-fault", default=None, metavar="ID",
-                    help="monkeypatch the framework with this fault from suites/faults.py for the whole run")
-
-
-@pytest.hookimpl(trylast=True)  # after the suite's own configure: its option checks come first
 def pytest_configure(config: pytest.Config) -> None:
     fault_id = config.getoption("--conformance-fault")
     if not fault_id:
         return
-    from suites.faults import FAULTS_BY_ID
+    from layer_conformance.suites.faults import FAULTS_BY_ID
 
     fault = FAULTS_BY_ID.get(fault_id)
     if fault is None:
@@ -36,7 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--conformance-fault {fault_id}: patches Keras' TensorFlow backend, but "
                                 f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}; run with KERAS_BACKEND=tensorflow")
     config._conformance_fault_uninstall = fault.install()  # type: ignore[attr-defined]
-    from adapters import clear_programs
+    from layer_conformance.adapters import clear_programs
 
     clear_programs()  # nothing traced before the patch may be reused
     config._conformance_fault = fault  # type: ignore[attr-defined]
@@ -46,7 +41,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     uninstall = getattr(config, "_conformance_fault_uninstall", None)
     if uninstall is not None:
         uninstall()
-        from adapters import clear_programs
+        from layer_conformance.adapters import clear_programs
 
         clear_programs()
         config._conformance_fault_uninstall = None  # type: ignore[attr-defined]

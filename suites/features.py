@@ -1,10 +1,10 @@
 """Geometry features: the corners of a layer's geometry where convolution bugs live, by name.
 
-A feature is a predicate over one example's dims (the dicts of `suites.strategies`): a convolution
+A feature is a predicate over one example's dims (the dicts of `layer_conformance.suites.strategies`): a convolution
 example has "spec" (a conv `LayerSpec`) and "shape" (the channels-last input shape, batch first);
 a dense-like example has B (batch), L (length), K (in features), N (out features). The strategies
-draw every feature deliberately (`suites.strategies.conv_dims`), the `ci` geometry pool keeps a
-geometry of every feature its strategy can produce (`suites.strategies.geometry_pool`), every result
+draw every feature deliberately (`layer_conformance.suites.strategies.conv_dims`), the `ci` geometry pool keeps a
+geometry of every feature its strategy can produce (`layer_conformance.suites.strategies.geometry_pool`), every result
 counts the examples that exercised each feature (`record["features"]`) and the report shows the
 counts, so a corner that was never met shows as a zero rather than as nothing.
 
@@ -19,7 +19,7 @@ Convolution features:
 - `padding-only-output`: some axis has an output position that reads only padding.
 - `padding-only-axis`: an axis with stride >= 2, dilation >= 2 and equal explicit zero padding on both
   sides, two or more output positions, all reading only padding: the geometry of the torch bfloat16
-  oneDNN crash (`suites.known_crashes.torch_bf16_onednn_crash`, which is this predicate in bfloat16).
+  oneDNN crash (`layer_conformance.suites.known_crashes.torch_bf16_onednn_crash`, which is this predicate in bfloat16).
 - `depthwise`: groups == in channels > 1.
 - `dilation-with-stride`: some axis with dilation > 1 and stride > 1 (Keras refuses it; the other
   frameworks run it).
@@ -47,12 +47,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from adapters.spec import LayerSpec
+from layer_conformance.adapters.spec import LayerSpec
 
 Dims = dict[str, Any]
 
 
-# ---- geometry helpers (shared with suites.known_crashes) -----------------------------------------
+# ---- geometry helpers (shared with layer_conformance.suites.known_crashes) -----------------------------------------
 def padding_only_positions(n: int, low: int, high: int, kernel: int, stride: int, dilation: int) -> int:
     """How many output positions along an axis read only padding (every tap outside the input)."""
     out = (n + low + high - dilation * (kernel - 1) - 1) // stride + 1

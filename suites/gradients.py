@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from adapters import get_adapter, reference
-from adapters.spec import LayerSpec, Weights
-from suites.bounds import bound_ratio, sum_bound
-from suites.catalog import Claim, Variant
-from suites.strategies import Dims
+from layer_conformance.adapters import get_adapter, reference
+from layer_conformance.adapters.spec import LayerSpec, Weights
+from layer_conformance.suites.bounds import bound_ratio, sum_bound
+from layer_conformance.suites.catalog import Claim, Variant
+from layer_conformance.suites.strategies import Dims
 
 GRADIENTS = ("input", "kernel", "bias")
 

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from adapters import get_adapter, reference
-from adapters.spec import LayerSpec, Weights
-from suites.accumulation import accumulator, not_judged_reason
-from suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound, layer_error_bound, vacuous
-from suites.catalog import Claim, Reference, ReferenceMemo, Variant, evaluate_reference
-from suites.divergences import Divergence, by_id, ceiling_failure, divergence_for, expect_raise
-from suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, geometry_key, geometry_pool,
+from layer_conformance.adapters import get_adapter, reference
+from layer_conformance.adapters.spec import LayerSpec, Weights
+from layer_conformance.suites.accumulation import accumulator, not_judged_reason
+from layer_conformance.suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound, layer_error_bound, vacuous
+from layer_conformance.suites.catalog import Claim, Reference, ReferenceMemo, Variant, evaluate_reference
+from layer_conformance.suites.divergences import Divergence, by_id, ceiling_failure, divergence_for, expect_raise
+from layer_conformance.suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, geometry_key, geometry_pool,
                                random_array)
 
 MAX_SAMPLES = 400  # per result, for the report's plots
@@ -75,7 +75,7 @@ class ClaimRunner:
     check: str = "forward"
     frameworks: set[str] | None = None  # None: all
     counterexamples: Path | None = None  # folder for failing examples (.npz + scripts); None: not saved
-    geometries: int | None = None  # draw geometries from a pool of this many (suites.strategies.geometry_pool)
+    geometries: int | None = None  # draw geometries from a pool of this many (layer_conformance.suites.strategies.geometry_pool)
     stats: dict[str, VariantStats] = field(default_factory=dict)
     pairwise: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -126,11 +126,11 @@ class ClaimRunner:
         return dims
 
     def _count_features(self, dims: Dims) -> None:
-        """record["features"]: for every feature the claim can exercise (suites.features: those its dims strategy
+        """record["features"]: for every feature the claim can exercise (layer_conformance.suites.features: those its dims strategy
         can produce, else those of its example's kind, and permuted-layout from its variants), the examples that
         exercised it; zeros included, so that a corner never met shows."""
-        from suites.features import FEATURE_NAMES, claim_features, example_features, features_for, layout_features
-        from suites.strategies import strategy_features
+        from layer_conformance.suites.features import FEATURE_NAMES, claim_features, example_features, features_for, layout_features
+        from layer_conformance.suites.strategies import strategy_features
 
         claim = self.case.claim
         counts = self.record.get("features")
@@ -180,7 +180,7 @@ class ClaimRunner:
         if outcome.failures:
             message = outcome.message(style)
             if self.counterexamples is not None:
-                from suites.counterexamples import save_counterexample
+                from layer_conformance.suites.counterexamples import save_counterexample
 
                 self.record["counterexample"] = save_counterexample(
                     self.counterexamples, nodeid=self.record.get("nodeid") or self.case.id, case=self.case,
@@ -191,7 +191,7 @@ class ClaimRunner:
     def gradient_example(self, data: st.DataObject) -> None:
         """VJPs w.r.t. input, kernel and bias of every variant against the reference of variants[0]."""
         __tracebackhide__ = True
-        from suites.gradients import compare, variant_gradients
+        from layer_conformance.suites.gradients import compare, variant_gradients
 
         claim, dtype, device = self.case
         dims, x, weights, style = self.draw(data)
@@ -248,7 +248,7 @@ class ClaimRunner:
     def depth_example(self, data: st.DataObject) -> None:
         """Stacks of up to MAX_DEPTH layers per variant; error against depth under the composed bound."""
         __tracebackhide__ = True
-        from suites.depth import MAX_DEPTH, framework_stack, layer_weights, reference_stack, stackable
+        from layer_conformance.suites.depth import MAX_DEPTH, framework_stack, layer_weights, reference_stack, stackable
 
         claim, dtype, device = self.case
         dims = stackable(self._draw_dims(data))
@@ -390,7 +390,7 @@ class ClaimRunner:
     def _gradient_ceiling(self, label: str, divergence: Divergence, grads: dict[str, Any],
                           expected: dict[str, np.ndarray], name: str, error: float, ratio: float) -> list[str]:
         """A divergent gradient against its ceiling; the failure, if it is beyond it."""
-        from suites.gradients import bound_in
+        from layer_conformance.suites.gradients import bound_in
 
         bound = bound_in(grads, name, divergence.ceiling.bound_dtype(self.case.dtype))
         beyond = self._beyond_ceiling(label, divergence, grads["framework"][name], expected[name], bound, error, ratio)
@@ -473,7 +473,7 @@ class ClaimRunner:
             self.record["reason"] = "measured, not judged: " + "; ".join(f"{k}: {v}" for k, v in seen.items())
 
     def _note_accumulation(self, found: dict[str, str | None]) -> None:
-        """record["accumulation"]: per variant, the accumulators its probes found (suites.accumulation)."""
+        """record["accumulation"]: per variant, the accumulators its probes found (layer_conformance.suites.accumulation)."""
         for label, accumulation in found.items():
             if accumulation is not None:  # None: no probe applies (not half precision, too few terms)
                 kinds = self.record.setdefault("accumulation", {}).setdefault(label, [])
@@ -656,7 +656,7 @@ def _judge_ceiling(v: VariantOutcome, divergence: Divergence, layer_ceiling: np.
 
 def pairwise_ratios(results: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[tuple[tuple[str, str], float, float]]:
     """((a, b), max |y_a - y_b|, max |y_a - y_b| / (bound_a + bound_b)) for every pair of variants,
-    all pairs in one pass (`suites.bounds.bound_ratios`; xfw rows have 6 pairs)."""
+    all pairs in one pass (`layer_conformance.suites.bounds.bound_ratios`; xfw rows have 6 pairs)."""
     pairs = list(itertools.combinations(results, 2))
     judged = bound_ratios([results[a][0] for a, _ in pairs], [results[b][0] for _, b in pairs],
                           [results[a][1] + results[b][1] for a, b in pairs])
@@ -691,7 +691,7 @@ def _finite(value: float) -> float | None:
 
 
 def _keras_backend() -> str:
-    from adapters.keras import BACKEND
+    from layer_conformance.adapters.keras import BACKEND
 
     return BACKEND
 

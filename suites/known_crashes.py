@@ -1,12 +1,12 @@
 """Known crashes: framework bugs that kill the process, their rules, standalone scripts and re-checks.
 
 A crash cannot be asserted in-process the way an exception can (`suites/test_refusals.py`): the
-variants a documented crash covers are not run there (`suites.divergences`, kind "crash"). Instead,
+variants a documented crash covers are not run there (`layer_conformance.suites.divergences`, kind "crash"). Instead,
 every run re-checks each known crash in a throwaway child process (`python -c <script>` with a
 time limit), in a background thread of the pytest controller, and the report says whether it still
 happens on the installed versions.
 
-`python -m suites.known_crashes sweep` checks the torch rule below against a sweep of geometries,
+`python -m layer_conformance.suites.known_crashes sweep` checks the torch rule below against a sweep of geometries,
 each run in child processes (a crashing geometry costs only its child).
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from adapters.base import package_version
-from adapters.spec import LayerSpec
-from reports.flight import signal_name
-from suites.features import onednn_padding_only_geometry
+from layer_conformance.adapters.base import package_version
+from layer_conformance.adapters.spec import LayerSpec
+from layer_conformance.reports.flight import signal_name
+from layer_conformance.suites.features import onednn_padding_only_geometry
 
 RECHECK_TIMEOUT = 240.0  # seconds per script: a TensorFlow import alone takes 25 s on a busy 2-core machine
 
@@ -72,7 +72,7 @@ def torch_bf16_onednn_crash(spec: LayerSpec, dtype: str, shape: Sequence[int]) -
     plainly contiguous); zero padding that torch's conv applies itself (equal on both sides: the
     adapter hands anything else to F.pad, which gives oneDNN real zeros); and a spatial axis with
     stride >= 2 and dilation >= 2 whose output positions, two or more, all read only that padding.
-    The geometry is `suites.features.onednn_padding_only_geometry` (the `padding-only-axis` feature).
+    The geometry is `layer_conformance.suites.features.onednn_padding_only_geometry` (the `padding-only-axis` feature).
     """
     return dtype in ("bfloat16", "mixed_bfloat16") and onednn_padding_only_geometry(spec, shape)
 
@@ -165,8 +165,8 @@ import json, sys
 import numpy as np
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from adapters import get_adapter
-from adapters.spec import LayerSpec
+from layer_conformance.adapters import get_adapter
+from layer_conformance.adapters.spec import LayerSpec
 adapter = get_adapter("torch")
 for line in open(sys.argv[1]).read().splitlines()[int(sys.argv[3]):]:
     case = json.loads(line)
@@ -248,11 +248,11 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv: Sequence[str]) -> int:
-    """python -m suites.known_crashes sweep [count] [seed] [threads]: the rule against crashes, as counts."""
+    """python -m layer_conformance.suites.known_crashes sweep [count] [seed] [threads]: the rule against crashes, as counts."""
     import tempfile
 
     if not argv or argv[0] != "sweep":
-        print("usage: python -m suites.known_crashes sweep [count] [seed] [threads]", file=sys.stderr)
+        print("usage: python -m layer_conformance.suites.known_crashes sweep [count] [seed] [threads]", file=sys.stderr)
         return 2
     given = [int(a) for a in argv[1:4]]
     count, seed, threads = given + [1000, 0, 1][len(given):]

@@ -138,7 +138,7 @@ def _gpu_peak(fn: Callable[[], Any], framework: str) -> dict[str, Any] | None:
         return {"peak_bytes": max(torch.cuda.max_memory_allocated() - base, 0),
                 "memory_method": "torch.cuda.max_memory_allocated"}
     if framework == "keras":
-        from adapters.keras import BACKEND
+        from layer_conformance.adapters.keras import BACKEND
 
         if BACKEND == "tensorflow":
             import tensorflow as tf
@@ -169,7 +169,7 @@ def grid(claim_id: str, example: dict[str, Any]) -> list[tuple[str, dict[str, An
     else:
         classic = {**example, **CLASSIC}
         if "spec" in classic:  # xfw-dense carries its spec and input shape
-            from adapters.spec import LayerSpec
+            from layer_conformance.adapters.spec import LayerSpec
 
             classic["spec"] = LayerSpec.dense(CLASSIC["K"], classic["N"])
             classic["shape"] = (CLASSIC["B"], CLASSIC["L"], CLASSIC["K"])

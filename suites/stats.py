@@ -15,8 +15,8 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from adapters import class_name
-from adapters.spec import LayerSpec
+from layer_conformance.adapters import class_name
+from layer_conformance.adapters.spec import LayerSpec
 
 # ---- Kolmogorov-Smirnov ---------------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from adapters.spec import LayerSpec, numpy_dtype
-from suites.features import CONV_FEATURES, DENSE_FEATURES, example_features
+from layer_conformance.adapters.spec import LayerSpec, numpy_dtype
+from layer_conformance.suites.features import CONV_FEATURES, DENSE_FEATURES, example_features
 
 Dims = dict[str, Any]
 STYLES = ("normal", "uniform", "wide-range", "small-integers")
@@ -30,7 +30,7 @@ def sequence_dims(*, batch: tuple[int, int] = (1, 4), length: tuple[int, int] = 
 
 
 def _dense_produces(ranges: dict[str, tuple[int, int]]) -> frozenset[str]:
-    """The dense features (suites.features) that sizes drawn from these (low, high) ranges can have."""
+    """The dense features (layer_conformance.suites.features) that sizes drawn from these (low, high) ranges can have."""
     can = {"length-1": ("L", 1), "single-in-feature": ("K", 1), "single-out-feature": ("N", 1), "batch-1": ("B", 1)}
     names = {name for name, (key, value) in can.items() if key in ranges and ranges[key][0] <= value <= ranges[key][1]}
     return frozenset(names | ({"batch-many"} if "B" in ranges and ranges["B"][1] > 1 else set()))
@@ -50,7 +50,7 @@ _sampled_from = functools.lru_cache(maxsize=None)(st.sampled_from)
 _BOOLEANS = st.booleans()
 
 
-# the features a strategy can produce (suites.features), by strategy: the pool keeps a geometry of each
+# the features a strategy can produce (layer_conformance.suites.features), by strategy: the pool keeps a geometry of each
 _PRODUCES: dict[int, tuple[st.SearchStrategy[Dims], frozenset[str]]] = {}
 
 
@@ -60,7 +60,7 @@ def _produces(strategy: st.SearchStrategy[Dims], names: Any) -> st.SearchStrateg
 
 
 def strategy_features(strategy: st.SearchStrategy[Any]) -> frozenset[str] | None:
-    """The features (suites.features) that a dims strategy can produce; None when it does not say.
+    """The features (layer_conformance.suites.features) that a dims strategy can produce; None when it does not say.
 
     conv_dims, sequence_dims, dense_dims and fixed say; st.one_of of strategies that say, the union.
     """
@@ -103,7 +103,7 @@ def _same_choices(corner: str, max_kernel: int, s: int, d: int) -> st.SearchStra
 def conv_corners(rank: int, *, max_groups: int = 3, max_kernel: int = 5, max_stride: int = 3, max_dilation: int = 3,
                  max_channels_per_group: int = 4, paddings: tuple[str, ...] = ("valid", "same", "explicit"),
                  padding_mode: str = "zeros", strides: int | None = None) -> tuple[str, ...]:
-    """The features conv_dims can produce with these options, in suites.features order."""
+    """The features conv_dims can produce with these options, in layer_conformance.suites.features order."""
     stride_most = strides or max_stride
     can = {
         "length-1": True,
@@ -135,7 +135,7 @@ def conv_dims(rank: int, *, max_groups: int = 3, max_kernel: int = 5, max_stride
     groups divides both channel counts; every spatial size is at least the dilated kernel minus the padding.
     `paddings` may also hold "causal" and "flax-border" (Flax's CIRCULAR/REFLECT amounts,
     ((k_d - 1) // 2, k_d // 2)); reflect padding gets inputs longer than the pad.
-    Most draws aim at a corner first (a feature of suites.features that these options can produce:
+    Most draws aim at a corner first (a feature of layer_conformance.suites.features that these options can produce:
     a length-1 axis, a single channel, groups == channels, stride over kernel, outputs that read only
     padding, ...), then draw the rest freely; "none" (the first choice, what examples shrink to)
     draws everything freely.
@@ -340,7 +340,7 @@ def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Di
     smallest sizes, boundaries and random ones), POOL_CANDIDATES per member. The first candidate
     (the simplest geometry) and the largest are kept (bugs that show only on large tensors need
     one); then each member is the candidate that holds the most corners no member holds yet (a
-    feature of suites.features: length 1, a single channel, depthwise, outputs that read only
+    feature of layer_conformance.suites.features: length 1, a single channel, depthwise, outputs that read only
     padding, ...), then the most corners only one member holds, then the most feature pairs not yet
     covered (a coarse feature: a size, or a layer field such as stride, dilation, groups, padding
     kind or bias, bucketed as 1, 2-4 or more). While some corner that the strategy can produce

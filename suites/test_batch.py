@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from suites.harness import ClaimRunner
+from layer_conformance.suites.harness import ClaimRunner
 
 
 @given(data=st.data())

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from suites.depth import depth_examples
-from suites.harness import ClaimRunner
+from layer_conformance.suites.depth import depth_examples
+from layer_conformance.suites.harness import ClaimRunner
 
 
 @settings(max_examples=depth_examples(settings().max_examples))  # the profile is loaded before collection

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from suites.gradients import has_gradient_adjoints
-from suites.harness import ClaimRunner
+from layer_conformance.suites.gradients import has_gradient_adjoints
+from layer_conformance.suites.harness import ClaimRunner
 
 
 @given(data=st.data())

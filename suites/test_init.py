@@ -19,11 +19,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from adapters import get_adapter
-from adapters.spec import LayerSpec
-from suites.catalog import Claim, Variant
-from suites.harness import ClaimRunner
-from suites.stats import Dist, documented_init, ks_test, outside_support, point_mass_zero
+from layer_conformance.adapters import get_adapter
+from layer_conformance.adapters.spec import LayerSpec
+from layer_conformance.suites.catalog import Claim, Variant
+from layer_conformance.suites.harness import ClaimRunner
+from layer_conformance.suites.stats import Dist, documented_init, ks_test, outside_support, point_mass_zero
 
 ALPHA = 1e-3  # per row
 MIN_SAMPLES = 8192  # kernel values per variant

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from adapters import get_adapter
-from adapters.spec import LayerSpec
+from layer_conformance.adapters import get_adapter
+from layer_conformance.adapters.spec import LayerSpec
 
 
 class Refusal(NamedTuple):

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from adapters import get_adapter
-from adapters.base import calls_unobserved
-from suites import speed
-from suites.harness import ClaimRunner
-from suites.strategies import random_array
+from layer_conformance.adapters import get_adapter
+from layer_conformance.adapters.base import calls_unobserved
+from layer_conformance.suites import speed
+from layer_conformance.suites.harness import ClaimRunner
+from layer_conformance.suites.strategies import random_array
 
 
 def test_speed(runner: ClaimRunner) -> None:

@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from adapters.base import Adapter, Layer
+from layer_conformance.adapters.base import Adapter, Layer
 
 Fault = Callable[[Layer, np.ndarray], np.ndarray]
 

@@ -1,7 +1,7 @@
 """Half-precision bounds that mean something: the float32-accumulator bound, its probe, and no vacuous pass.
 
-suites.bounds' worst-case bound is infinite from 256 bfloat16 terms; a comparison under it cannot fail.
-These tests show that the wide bound (suites.accumulation) holds for a float32 accumulator and not
+layer_conformance.suites.bounds' worst-case bound is infinite from 256 bfloat16 terms; a comparison under it cannot fail.
+These tests show that the wide bound (layer_conformance.suites.accumulation) holds for a float32 accumulator and not
 for a half-precision one, that the probe tells the two apart, that a bfloat16 Linear(1024, N) with a
 1 % error planted in one output fails while the correct layer passes 500 examples, and that no
 `passed` result of a whole report rests on an infinite bound.
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from adapters.spec import LayerSpec, numpy_dtype
-from suites import accumulation
-from suites.accumulation import WIDE, accumulator, narrow_loss, probe_pattern, sequential_sum
-from suites.bounds import error_bound, layer_error_bound, vacuous, wide_error_bound
-from suites.strategies import STYLES, random_array
+from layer_conformance.adapters.spec import LayerSpec, numpy_dtype
+from layer_conformance.suites import accumulation
+from layer_conformance.suites.accumulation import WIDE, accumulator, narrow_loss, probe_pattern, sequential_sum
+from layer_conformance.suites.bounds import error_bound, layer_error_bound, vacuous, wide_error_bound
+from layer_conformance.suites.strategies import STYLES, random_array
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +129,7 @@ def test_torch_sums_bfloat16_and_float16_in_float32():
 def _torch_linear_bound_ratios(n_out: int, batch: int, style: str, seed: int, planted: bool) -> float:
     """The largest bound ratio of torch's bfloat16 Linear(1024, n_out) over one example, judged as the forward
     check judges it (the wide bound, from the probe); `planted`: output 0 is 1 % off."""
-    from adapters import get_adapter, reference
+    from layer_conformance.adapters import get_adapter, reference
 
     spec = LayerSpec.dense(1024, n_out)
     rng = np.random.default_rng(seed)
@@ -181,7 +181,7 @@ def vacuous_passes(report: dict) -> list[str]:
     """Passed results that rest on an infinite bound: an example with n u >= 1 for the worst-case bound (n: the
     terms of its longest sum, samples.reduction_length) whose variants are not all shown to accumulate in
     float32, or a non-finite bound ratio."""
-    from suites.bounds import UNIT_ROUNDOFF
+    from layer_conformance.suites.bounds import UNIT_ROUNDOFF
 
     found = []
     for row in report["results"]:

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-import adapters
-from adapters import FRAMEWORKS, LayerSpec, SpecError, convert, get_adapter, reference
-from suites.bounds import error_bound
+from layer_conformance import adapters
+from layer_conformance.adapters import FRAMEWORKS, LayerSpec, SpecError, convert, get_adapter, reference
+from layer_conformance.suites.bounds import error_bound
 
 SPECS = [
     (LayerSpec.dense(5, 3), (2, 4, 5)),
@@ -47,7 +47,7 @@ def test_forward_vjp_and_weights_round_trip(framework, spec, shape, dtype):
     for name, value in layer.weights().items():
         np.testing.assert_array_equal(value, weights[name], err_msg=f"{layer.name} {name} changed on the way in")
     assert layer.param_count() == spec.param_count()
-    from suites.divergences import divergence_for
+    from layer_conformance.suites.divergences import divergence_for
 
     divergence = divergence_for(framework, spec, dtype, "forward", x.shape)
     if divergence:  # e.g. Keras float64 Dense on the torch backend computes in float32
@@ -90,7 +90,7 @@ def test_convert_moves_a_layer_across_frameworks_and_classes():
                                                "flax.nnx.Linear", "keras.Dense", "torch.Linear"]
     assert all(layer.param_count() == 288 for layer in chain)
     x = rng.standard_normal((2, 5, 8))
-    from suites.divergences import divergence_for
+    from layer_conformance.suites.divergences import divergence_for
 
     for layer in chain:
         if divergence_for(layer.adapter.name, layer.spec, "float64", "forward", x.shape):
@@ -130,7 +130,7 @@ def test_build_rejects_bad_input_before_the_framework(monkeypatch):
 def test_missing_framework_disables_only_its_adapter(monkeypatch):
     """An ImportError becomes a reason naming the framework and the install command; others still work."""
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
-    monkeypatch.delitem(sys.modules, "adapters.torch", raising=False)
+    monkeypatch.delitem(sys.modules, "layer_conformance.adapters.torch", raising=False)
     monkeypatch.setattr(adapters, "_CACHE", {})
     adapter = get_adapter("torch")
     reason = adapter.supports(LayerSpec.dense(2, 2), "float32", "cpu")
@@ -231,7 +231,7 @@ def test_keras_tensorflow_grouped_program_is_keras_eager_call(spec, shape, dtype
     """The per-geometry tf.functions that run Keras' grouped convolutions on tensorflow compute
     exactly what the layer's eager call and eager tape do (the same XLA computations), in every dtype."""
     adapter = adapter_or_skip("keras")
-    from adapters import keras as keras_adapter
+    from layer_conformance.adapters import keras as keras_adapter
 
     if keras_adapter.BACKEND != "tensorflow":
         pytest.skip(f"the grouped-convolution program exists on the tensorflow backend only; "
@@ -269,7 +269,7 @@ def test_linen_and_nnx_share_one_compiled_program(spec):
     compilation cache compiles it once for both APIs; a result pytree of either API's own kind would
     name its outputs differently and cost a second compile per geometry."""
     pytest.importorskip("flax")
-    import adapters.flax as flax_adapter
+    import layer_conformance.adapters.flax as flax_adapter
 
     weights = {"kernel": np.ones(spec.kernel_shape(), np.float32)}
     if spec.bias:

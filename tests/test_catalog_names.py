@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from suites.catalog import CHECKS, CLAIMS, CLAIMS_BY_ID, CatalogError, Claim, _validate
-from suites.strategies import STYLES
+from layer_conformance.suites.catalog import CHECKS, CLAIMS, CLAIMS_BY_ID, CatalogError, Claim, _validate
+from layer_conformance.suites.strategies import STYLES
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 

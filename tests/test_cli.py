@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.cli import main
-from reports.schema import load_report
+from layer_conformance.reports.cli import main
+from layer_conformance.reports.schema import load_report
 
 FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "jax", "flax")
 
@@ -21,7 +21,7 @@ def test_help_and_compare_import_no_framework(tmp_path):
     path.write_text(json.dumps(report))
     code = (
         "import sys\n"
-        "from reports.cli import main\n"
+        "from layer_conformance.reports.cli import main\n"
         "for argv in (['--help'], ['compare', '--help'], ['compare', sys.argv[1], sys.argv[1]]):\n"
         "    try:\n"
         "        main(argv)\n"
@@ -75,7 +75,7 @@ def test_run_writes_the_report_and_prints_the_table(tmp_path):
 
 def test_merged_shards_equal_a_single_run(tmp_path):
     """Shards split by dtype, merged, hold exactly the results of one run over both dtypes."""
-    from reports.merge import merge_reports
+    from layer_conformance.reports.merge import merge_reports
 
     root = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,7 @@ def test_merged_shards_equal_a_single_run(tmp_path):
 
 
 def test_later_backends_rerun_keras_beside_the_framework_it_runs_on():
-    from reports.cli import shard_frameworks
+    from layer_conformance.reports.cli import shard_frameworks
 
     assert shard_frameworks(None, "tensorflow", True) is None  # the first run: everything
     assert shard_frameworks(["torch", "keras"], "jax", True) == ["torch", "keras"]

@@ -3,7 +3,7 @@
 The matrix is command x case. A case that cannot apply to a command (`run` and `faults` read no
 file) is a visible skip with the reason, and `test_file_arguments_are_the_declared_ones` fails as
 soon as a command grows a file argument the matrix does not know about. Everything runs in-process
-through `reports.cli.main`; no framework is imported and no suite is started.
+through `layer_conformance.reports.cli.main`; no framework is imported and no suite is started.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from adapters.spec import LayerSpec
-from reports import cli, compare, faults, merge, repro
-from reports.cli import main
-from reports.schema import SCHEMA
-from suites.counterexamples import SCHEMA as COUNTEREXAMPLE_SCHEMA, dims_to_json, spec_to_json
+from layer_conformance.adapters.spec import LayerSpec
+from layer_conformance.reports import cli, compare, faults, merge, repro
+from layer_conformance.reports.cli import main
+from layer_conformance.reports.schema import SCHEMA
+from layer_conformance.suites.counterexamples import SCHEMA as COUNTEREXAMPLE_SCHEMA, dims_to_json, spec_to_json
 
 COMMANDS = ("run", "compare", "merge", "repro", "faults")
 CASES = ("unknown option", "missing file", "directory", "non-JSON", "truncated", "wrong schema version",

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from reports import compare, merge
-from reports.compare import compare_reports, result_key
-from reports.merge import merge_reports
-from reports.schema import SCHEMA, summarize, validate_report
+from layer_conformance.reports import compare, merge
+from layer_conformance.reports.compare import compare_reports, result_key
+from layer_conformance.reports.merge import merge_reports
+from layer_conformance.reports.schema import SCHEMA, summarize, validate_report
 
 
 def make_result(nodeid, *, claim="linear-matches-dense", status="passed", ratio=0.1, variants=None,

@@ -22,18 +22,18 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import adapters
-from adapters import get_adapter
-from adapters.spec import LayerSpec
+from layer_conformance import adapters
+from layer_conformance.adapters import get_adapter
+from layer_conformance.adapters.spec import LayerSpec
 from planting import FaultyAdapter
-from reports.cli import main as cli_main
-from suites.bounds import error_bound
-from suites.catalog import CLAIMS, CLAIMS_BY_ID, evaluate_reference
-from suites.counterexamples import (
+from layer_conformance.reports.cli import main as cli_main
+from layer_conformance.suites.bounds import error_bound
+from layer_conformance.suites.catalog import CLAIMS, CLAIMS_BY_ID, evaluate_reference
+from layer_conformance.suites.counterexamples import (
     SCHEMA, dims_from_json, dims_to_json, load_counterexample, save_counterexample, spec_from_json, spec_to_json,
 )
-from suites.harness import Case, ExampleOutcome, VariantOutcome, evaluate_example
-from suites.strategies import conv_dims, random_array
+from layer_conformance.suites.harness import Case, ExampleOutcome, VariantOutcome, evaluate_example
+from layer_conformance.suites.strategies import conv_dims, random_array
 
 FAST = settings(max_examples=5, derandomize=True, database=None, deadline=None,
                 suppress_health_check=list(HealthCheck))

@@ -20,19 +20,19 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-import adapters
+from layer_conformance import adapters
 from planting import FaultyAdapter
-from adapters import get_adapter
+from layer_conformance.adapters import get_adapter
 
-from adapters.spec import LayerSpec
-from reports.cli import main as cli_main
-from suites.catalog import CLAIMS_BY_ID
-from suites.counterexamples import (
+from layer_conformance.adapters.spec import LayerSpec
+from layer_conformance.reports.cli import main as cli_main
+from layer_conformance.suites.catalog import CLAIMS_BY_ID
+from layer_conformance.suites.counterexamples import (
     CounterexampleError, counterexample_stem, dims_from_json, dims_to_json, load_counterexample,
     save_counterexample, spec_from_json,
 )
-from suites.harness import Case, ClaimRunner, evaluate_example
-from suites.strategies import random_array
+from layer_conformance.suites.harness import Case, ClaimRunner, evaluate_example
+from layer_conformance.suites.strategies import random_array
 
 FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "jax", "flax")
 # what a standalone script may import besides json, os, sys and numpy (Keras: jax too, for its jax backend)
@@ -367,8 +367,8 @@ def test_repro_and_saving_import_no_framework(tmp_path):
     """`conformance repro --help` and bad input stay fast: frameworks load only to re-run."""
     code = (
         "import sys\n"
-        "import suites.counterexamples, reports.repro\n"
-        "from reports.cli import main\n"
+        "import layer_conformance.suites.counterexamples, layer_conformance.reports.repro\n"
+        "from layer_conformance.reports.cli import main\n"
         "try:\n"
         "    main(['repro', '--help'])\n"
         "except SystemExit:\n"

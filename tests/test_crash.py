@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.flight import cause, parse_timeout
-from reports.schema import load_report
+from layer_conformance.reports.flight import cause, parse_timeout
+from layer_conformance.reports.schema import load_report
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTS = Path(__file__).resolve().parent / "plants"

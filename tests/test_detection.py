@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-import adapters
-from adapters import get_adapter
-from adapters.base import Layer
-from suites.catalog import CLAIMS_BY_ID, Claim, Variant
-from suites.harness import Case, ClaimRunner
-from suites.strategies import conv_dims
+from layer_conformance import adapters
+from layer_conformance.adapters import get_adapter
+from layer_conformance.adapters.base import Layer
+from layer_conformance.suites.catalog import CLAIMS_BY_ID, Claim, Variant
+from layer_conformance.suites.harness import Case, ClaimRunner
+from layer_conformance.suites.strategies import conv_dims
 
 from planting import Fault, FaultyAdapter
 
@@ -108,7 +108,7 @@ def test_differ_row_fails_when_the_variants_agree():
 
 
 def test_claim_skips_with_the_missing_framework_named(monkeypatch):
-    from adapters.base import UnavailableAdapter
+    from layer_conformance.adapters.base import UnavailableAdapter
 
     monkeypatch.setitem(adapters._CACHE, "torch", UnavailableAdapter("torch", "torch is not installed", {}))
     with pytest.raises(pytest.skip.Exception, match="torch is not installed"):
@@ -117,8 +117,8 @@ def test_claim_skips_with_the_missing_framework_named(monkeypatch):
 
 def test_documented_divergence_matches_only_its_configuration(monkeypatch):
     """keras-torch-float64-matmul covers Keras Dense, float64, torch backend: nothing wider."""
-    import suites.divergences as divergences
-    from adapters.spec import LayerSpec
+    import layer_conformance.suites.divergences as divergences
+    from layer_conformance.adapters.spec import LayerSpec
 
     dense, conv = LayerSpec.dense(3, 2), LayerSpec.conv(3, 2, 1)
     for backend, framework, spec, dtype, expected in [
@@ -135,8 +135,8 @@ def test_documented_divergence_matches_only_its_configuration(monkeypatch):
 
 
 def test_bf16_backprop_divergence_is_scoped_to_length_one_strided_axes(monkeypatch):
-    import suites.divergences as divergences
-    from adapters.spec import LayerSpec
+    import layer_conformance.suites.divergences as divergences
+    from layer_conformance.adapters.spec import LayerSpec
 
     monkeypatch.setattr(divergences, "keras_backend", lambda: "tensorflow")
     strided = LayerSpec.conv(1, 1, 1, strides=2, padding="same")
@@ -237,8 +237,8 @@ def test_cpu_gpu_agreement_is_checked(monkeypatch):
 
 
 def test_grouped_dilated_float64_abort_is_scoped(monkeypatch):
-    import suites.divergences as divergences
-    from adapters.spec import LayerSpec
+    import layer_conformance.suites.divergences as divergences
+    from layer_conformance.adapters.spec import LayerSpec
 
     monkeypatch.setattr(divergences, "keras_backend", lambda: "tensorflow")
     match = divergences.divergence_for
@@ -252,8 +252,8 @@ def test_grouped_dilated_float64_abort_is_scoped(monkeypatch):
 
 
 def test_single_output_conv2d_grad_divergence_is_scoped(monkeypatch):
-    import suites.divergences as divergences
-    from adapters.spec import LayerSpec
+    import layer_conformance.suites.divergences as divergences
+    from layer_conformance.adapters.spec import LayerSpec
 
     monkeypatch.setattr(divergences, "keras_backend", lambda: "torch")
     match = divergences.divergence_for
@@ -273,7 +273,7 @@ def test_single_output_conv2d_grad_divergence_is_scoped(monkeypatch):
 
 def test_zero_magnitude_keeps_an_infinite_gamma_bound_finite():
     """bfloat16 with n*u >= 1: gamma is infinite, but exactly-zero sums must not give a NaN bound."""
-    from suites.bounds import bound_ratio, sum_bound
+    from layer_conformance.suites.bounds import bound_ratio, sum_bound
 
     bound = sum_bound(360, np.array([0.0, 2.0]), "bfloat16")
     assert np.isfinite(bound[0]) and bound[1] == np.inf
@@ -289,8 +289,8 @@ def test_conv_input_gradient_term_count_covers_every_product(dims):
     import itertools
     import math
 
-    from adapters import reference
-    from suites.gradients import term_counts
+    from layer_conformance.adapters import reference
+    from layer_conformance.suites.gradients import term_counts
 
     spec, shape = dims["spec"], dims["shape"]
     out_shape = reference.forward(spec, np.zeros(shape), {"kernel": np.zeros(spec.kernel_shape()),
@@ -318,7 +318,7 @@ _ODD = st.sampled_from([np.nan, np.inf, -np.inf, 0.0])
 def test_bound_ratios_match_bound_ratio_one_by_one(shape, count, shared, odd, seed):
     """The stacked pass that judges every variant (and every pair) gives bound_ratio's numbers and index,
     NaN, infinities and empty outputs included."""
-    from suites.bounds import bound_ratio, bound_ratios
+    from layer_conformance.suites.bounds import bound_ratio, bound_ratios
 
     rng = np.random.default_rng(seed)
     ys = [rng.standard_normal(shape) for _ in range(count)]
@@ -338,7 +338,7 @@ def test_bound_ratios_match_bound_ratio_one_by_one(shape, count, shared, odd, se
 
 
 def test_pairwise_ratios_judge_every_pair_against_the_summed_bounds():
-    from suites.harness import pairwise_ratios
+    from layer_conformance.suites.harness import pairwise_ratios
 
     y = np.array([1.0, 2.0])
     bound = np.array([0.5, 0.5])

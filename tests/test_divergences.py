@@ -19,15 +19,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-import adapters
-import suites.divergences as divergences
-from adapters import get_adapter
-from adapters.spec import LayerSpec, numpy_dtype
-from suites.bounds import error_bound
-from suites.catalog import CLAIMS_BY_ID
-from suites.divergences import Ceiling, Divergence, Raises, by_id
-from suites.harness import Case, ClaimRunner, evaluate_example
-from suites.known_crashes import KnownCrash, Recheck, recheck, torch_bf16_onednn_crash
+from layer_conformance import adapters
+import layer_conformance.suites.divergences as divergences
+from layer_conformance.adapters import get_adapter
+from layer_conformance.adapters.spec import LayerSpec, numpy_dtype
+from layer_conformance.suites.bounds import error_bound
+from layer_conformance.suites.catalog import CLAIMS_BY_ID
+from layer_conformance.suites.divergences import Ceiling, Divergence, Raises, by_id
+from layer_conformance.suites.harness import Case, ClaimRunner, evaluate_example
+from layer_conformance.suites.known_crashes import KnownCrash, Recheck, recheck, torch_bf16_onednn_crash
 from tests.planting import FaultyAdapter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -319,8 +319,8 @@ def test_the_known_crash_scripts_name_installed_packages():
 def test_a_run_reports_divergences_and_rechecks(tmp_path):
     """End to end: pytest with a report; planted crash scripts re-checked in the controller's background."""
     driver = (
-        "import sys, pytest, suites.divergences as d\n"
-        "from suites.known_crashes import KnownCrash\n"
+        "import sys, pytest, layer_conformance.suites.divergences as d\n"
+        "from layer_conformance.suites.known_crashes import KnownCrash\n"
         "d.known_crashes = lambda: [KnownCrash('torch-bf16-onednn-padding-only-segfault', ('numpy',),\n"
         "    'import os, signal; os.kill(os.getpid(), signal.SIGSEGV)'),\n"
         "    KnownCrash('tf-float64-grouped-dilated-conv-grad-abort', ('numpy',), 'x = 1')]\n"
@@ -337,8 +337,8 @@ def test_a_run_reports_divergences_and_rechecks(tmp_path):
 
 
 def test_report_md_and_html_list_every_divergence(versions):
-    from reports.html import render_html
-    from reports.markdown import render_markdown
+    from layer_conformance.reports.html import render_html
+    from layer_conformance.reports.markdown import render_markdown
 
     rechecks = {"torch-bf16-onednn-padding-only-segfault": "crashes (SIGSEGV)"}
     report = {"schema": "layer-conformance/report/v1", "complete": True, "results": [], "claims": {},

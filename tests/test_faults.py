@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from suites.faults import FAULTS, FAULTS_BY_ID, PERTURB_MIN_SIZE
+from layer_conformance.suites.faults import FAULTS, FAULTS_BY_ID, PERTURB_MIN_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(0)
@@ -51,7 +51,7 @@ def _torch(op: str, grad: bool = False):
 
 
 def _keras(op: str, grad: bool = False):
-    import adapters.keras  # noqa: F401  (quiet TensorFlow start-up)
+    import layer_conformance.adapters.keras  # noqa: F401  (quiet TensorFlow start-up)
     import keras
     import tensorflow as tf
 
@@ -73,7 +73,7 @@ def _keras(op: str, grad: bool = False):
 
 
 def _flax(op: str, grad: bool = False):
-    import adapters.flax  # noqa: F401  (x64 as the suite runs it)
+    import layer_conformance.adapters.flax  # noqa: F401  (x64 as the suite runs it)
     import jax
     import jax.numpy as jnp
     from flax import linen, nnx
@@ -139,7 +139,7 @@ def _pytest(fault_id: str, claim: str, tmp_path: Path, check: str = "forward") -
     report = tmp_path / f"{fault_id}.json"
     fault = FAULTS_BY_ID[fault_id]
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites"), "--rootdir", str(ROOT), "-q", "-p", "no:cacheprovider",
-           "-p", "suites.fault_plugin", "--conformance-fault", fault_id, "--conformance-report", str(report),
+           "--conformance-fault", fault_id, "--conformance-report", str(report),
            "--conformance-devices", "cpu", "--conformance-dtypes", "float32", "--conformance-frameworks",
            ",".join(fault.frameworks), "--hypothesis-profile", "debug", "-k", f"test_{check}[{claim}-float32"]
     subprocess.run(cmd, cwd=str(ROOT), capture_output=True, timeout=300)
@@ -161,7 +161,7 @@ def test_benign_passes_end_to_end(tmp_path):
 
 
 def test_unknown_fault_exits_2():
-    done = subprocess.run([sys.executable, "-m", "reports.cli", "faults", "--faults", "nonexistent"], cwd=str(ROOT),
+    done = subprocess.run([sys.executable, "-m", "layer_conformance.reports.cli", "faults", "--faults", "nonexistent"], cwd=str(ROOT),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -171,7 +171,7 @@ def test_unknown_fault_exits_2():
 def test_compiled_layers_see_a_fault_installed_later():
     """Layers compiled before a jax.lax patch would keep the unpatched op: clear_programs re-traces them."""
     pytest.importorskip("flax")
-    from adapters import LayerSpec, clear_programs, get_adapter
+    from layer_conformance.adapters import LayerSpec, clear_programs, get_adapter
 
     spec = LayerSpec.dense(3, 4, bias=False)
     weights = {"kernel": np.arange(12.0).reshape(3, 4)}
@@ -192,7 +192,7 @@ def test_compiled_layers_see_a_fault_installed_later():
 
 def test_benign_runs_are_sized_to_the_required_examples(monkeypatch):
     """The per-test number of examples times the tests selected covers the total asked for."""
-    import reports.faults as faults_cli
+    import layer_conformance.reports.faults as faults_cli
 
     collected = "suites/test_batch.py: 5\nsuites/test_forward.py: 5\nsuites/test_gradient.py: 3\n"
     monkeypatch.setattr(faults_cli.subprocess, "run",

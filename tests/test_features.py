@@ -1,4 +1,4 @@
-"""Geometry features (suites.features): the predicates, and that the suite meets every corner on purpose.
+"""Geometry features (layer_conformance.suites.features): the predicates, and that the suite meets every corner on purpose.
 
 The coverage tests run no framework: they drive the suite's own test functions (suites/test_forward.py,
 test_gradient.py, test_batch.py) through hypothesis with the ci settings (derandomized, so the same
@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from adapters.spec import LayerSpec
-from suites.catalog import CLAIMS_BY_ID, Claim
-from suites.features import (CONV_FEATURES, DENSE_FEATURES, FEATURE_NAMES, PERMUTED_LAYOUT, claim_features,
+from layer_conformance.adapters.spec import LayerSpec
+from layer_conformance.suites.catalog import CLAIMS_BY_ID, Claim
+from layer_conformance.suites.features import (CONV_FEATURES, DENSE_FEATURES, FEATURE_NAMES, PERMUTED_LAYOUT, claim_features,
                              example_features, is_conv, layout_features, padding_only_axis, padding_only_positions)
-from suites.harness import Case, ClaimRunner
-from suites.strategies import SEEDS, CI_GEOMETRIES, geometry_pool, strategy_features
+from layer_conformance.suites.harness import Case, ClaimRunner
+from layer_conformance.suites.strategies import SEEDS, CI_GEOMETRIES, geometry_pool, strategy_features
 
 DTYPES = ("float64", "float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
 CONV_CLAIMS = tuple(c.id for c in CLAIMS_BY_ID.values() if is_conv(c.example))  # convolution geometries
@@ -99,7 +99,7 @@ def test_padding_only_helpers():
 
 
 def test_padding_only_axis_is_the_known_crash_rule_in_bfloat16():
-    from suites.known_crashes import torch_bf16_onednn_crash
+    from layer_conformance.suites.known_crashes import torch_bf16_onednn_crash
 
     crash = CASES["padding-only-axis"][0]
     assert torch_bf16_onednn_crash(crash["spec"], "bfloat16", crash["shape"])
@@ -152,7 +152,7 @@ class _DrawingRunner:
 
 def _suite_test(check: str) -> Any:
     """The undecorated body of the suite's test of a check (hypothesis seeds a derandomized run from it)."""
-    from suites import test_batch, test_forward, test_gradient
+    from layer_conformance.suites import test_batch, test_forward, test_gradient
 
     module = {"forward": test_forward, "gradient": test_gradient, "batch": test_batch}[check]
     return getattr(module, f"test_{check}").hypothesis.inner_test
@@ -225,7 +225,7 @@ def test_thorough_runs_every_corner(claim_id):
 def test_ci_pool_meets_the_known_torch_crash():
     """The xfw-conv1d bfloat16 ci pool holds the geometry of the torch oneDNN crash (Conv1d(3, 12, kernel_size=1,
     stride=2, padding=1, dilation=2) on a length-1 input): a ci run meets the documented crash on purpose."""
-    from suites.known_crashes import torch_bf16_onednn_crash
+    from layer_conformance.suites.known_crashes import torch_bf16_onednn_crash
 
     pool = geometry_pool(CLAIMS_BY_ID["xfw-conv1d"].dims, CI_GEOMETRIES, "xfw-conv1d-bfloat16-cpu")
     assert any(torch_bf16_onednn_crash(dims["spec"], "bfloat16", dims["shape"]) for dims in pool)
@@ -236,7 +236,7 @@ def test_ci_pool_meets_the_known_torch_crash():
 def test_pool_without_feature_selection_misses_corners(monkeypatch):
     """The guarantee comes from the selection: a pool that ignores the named features (the coarse pairs only)
     loses corners, and the coverage test then fails."""
-    import suites.strategies as strategies
+    import layer_conformance.suites.strategies as strategies
 
     monkeypatch.setattr(strategies, "example_features", lambda dims: frozenset())
     monkeypatch.setattr(strategies, "POOL_ROUNDS", 1)
@@ -254,8 +254,8 @@ def test_pool_without_feature_selection_misses_corners(monkeypatch):
 
 # ---- the report's coverage tables -------------------------------------------------------------------------
 def test_report_shows_coverage_per_claim_and_dtype():
-    from reports.html import render_html
-    from reports.markdown import coverage_tables, render_markdown
+    from layer_conformance.reports.html import render_html
+    from layer_conformance.reports.markdown import coverage_tables, render_markdown
 
     row = {"claim": "xfw-conv1d", "status": "passed", "device": "cpu"}
     report = {"schema": "layer-conformance/report/v1", "results": [

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from reports import compare
-from reports.compare import compare_reports
+from layer_conformance.reports import compare
+from layer_conformance.reports.compare import compare_reports
 from test_compare_merge import make_report, make_result, run_compare
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.html import write_html
+from layer_conformance.reports.html import write_html
 
 XSS = "<script>alert(1)</script>"
 # The page has no scripts, so any console message is a problem: a script error, or a CSP refusal of a

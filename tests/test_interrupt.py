@@ -27,8 +27,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from reports.plugin import SignalGuard
-from reports.schema import load_report
+from layer_conformance.reports.recorder import SignalGuard
+from layer_conformance.reports.schema import load_report
 
 pytest_plugins = ["pytester"]
 
@@ -220,7 +220,7 @@ def test_interrupted_pytest_writes_a_partial_report(tmp_path, signum, twice, wor
         pytest.importorskip("xdist")
     files = Files(tmp_path, tmp_path / "out" / "report.json")
     log = tmp_path / "pytest.log"
-    command = _python("-u", "-m", "pytest", "test_sample.py", "-v", "-p", "reports.plugin", "-p", "no:cacheprovider",
+    command = _python("-u", "-m", "pytest", "test_sample.py", "-v", "-p", "layer_conformance.plugin", "-p", "no:cacheprovider",
                       "--rootdir", str(tmp_path), "--conformance-report", str(files.report))
     if workers:
         command += ["-n", str(workers)]
@@ -242,7 +242,7 @@ def test_interrupted_pytest_writes_a_partial_report(tmp_path, signum, twice, wor
 def test_a_finished_run_is_complete(tmp_path):
     """The control: without a signal the same module (blocking tests made quick) gives complete: true."""
     files = Files(tmp_path, tmp_path / "report.json")
-    done = subprocess.run(_python("-m", "pytest", "test_sample.py", "-p", "reports.plugin", "-p", "no:cacheprovider",
+    done = subprocess.run(_python("-m", "pytest", "test_sample.py", "-p", "layer_conformance.plugin", "-p", "no:cacheprovider",
                                   "--rootdir", str(tmp_path), "--conformance-report", str(files.report)),
                           cwd=tmp_path, env=files.environment(block=False), capture_output=True, text=True,
                           timeout=START_LIMIT_S)
@@ -268,7 +268,7 @@ def test_record():
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        pytester.runpytest_inprocess("-p", "reports.plugin").assert_outcomes(passed=1)
+        pytester.runpytest_inprocess("-p", "layer_conformance.plugin").assert_outcomes(passed=1)
         assert seen.read_text() == "SignalGuard._handle SignalGuard._handle"
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -278,7 +278,7 @@ def test_record():
 
         signal.signal(signal.SIGTERM, own)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        pytester.runpytest_inprocess("-p", "reports.plugin").assert_outcomes(passed=1)
+        pytester.runpytest_inprocess("-p", "layer_conformance.plugin").assert_outcomes(passed=1)
         assert seen.read_text() == f"{own.__qualname__} SIG_IGN"
         assert signal.getsignal(signal.SIGTERM) is own
     finally:
@@ -307,7 +307,7 @@ def test_guard_takes_repeats_as_one_request(monkeypatch):
 
 DRIVER = '''
 import sys
-import reports.cli as cli
+import layer_conformance.reports.cli as cli
 
 module, rootdir = sys.argv[1], sys.argv[2]
 original = cli._pytest_command
@@ -317,7 +317,7 @@ def command(args, shard, backend, first):  # the real command, on the tiny modul
     cmd = original(args, shard, backend, first)
     cmd[cmd.index(str(cli.ROOT / "suites"))] = module
     cmd[cmd.index("--rootdir") + 1] = rootdir
-    return cmd[:1] + ["-u"] + cmd[1:] + ["-p", "reports.plugin", "-v"]
+    return cmd[:1] + ["-u"] + cmd[1:] + ["-p", "layer_conformance.plugin", "-v"]
 
 
 cli._pytest_command = command

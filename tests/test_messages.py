@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from hypothesis import errors
 
-from reports.html import render_html
-from reports.markdown import render_markdown
-from reports.messages import HEADLINE_LIMIT, NOT_REPRODUCIBLE, explain, failure_reason, headline, rest
+from layer_conformance.reports.html import render_html
+from layer_conformance.reports.markdown import render_markdown
+from layer_conformance.reports.messages import HEADLINE_LIMIT, NOT_REPRODUCIBLE, explain, failure_reason, headline, rest
 
 FAILURE = ("torch.Linear is not deterministic: two runs on the same input differ by 1.19e-07; example: B=2, L=3\n"
            "  claim xfw-dense [float32, cpu] batch: a title\n  torch.Linear is not deterministic: ...\n  dims=B=2, L=3")

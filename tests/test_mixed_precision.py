@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters import LayerSpec, get_adapter
-from adapters.compute import ComputeDtypeError
+from layer_conformance.adapters import LayerSpec, get_adapter
+from layer_conformance.adapters.compute import ComputeDtypeError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = [LayerSpec.dense(5, 3), LayerSpec.conv(4, 6, (3,), padding="same"), LayerSpec.conv(4, 6, (3, 2), groups=2)]
@@ -58,7 +58,7 @@ def test_torch_and_flax_compute_in_half_with_float32_parameters(framework, spec,
 def test_flax_layer_computing_in_float32_is_caught(monkeypatch):
     """Flax built with a float32 compute dtype under a mixed policy: the output check fails it."""
     pytest.importorskip("flax")
-    import adapters.flax as flax_adapter
+    import layer_conformance.adapters.flax as flax_adapter
 
     flax_adapter.clear_programs()
     monkeypatch.setattr(flax_adapter, "_dtype_kw", lambda dtype: dict(dtype=flax_adapter.jnp.float32,
@@ -74,7 +74,7 @@ def test_flax_layer_computing_in_float32_is_caught(monkeypatch):
 def test_torch_without_autocast_is_caught(monkeypatch):
     """A float32 torch layer under mixed_bfloat16 without autocast: the operand check fails it."""
     torch = pytest.importorskip("torch")
-    import adapters.compute as compute
+    import layer_conformance.adapters.compute as compute
 
     monkeypatch.setattr(torch, "autocast", lambda *a, **k: contextlib.nullcontext())
     monkeypatch.setattr(compute, "_CHECKED", set())
@@ -86,8 +86,8 @@ _KERAS_SCRIPT = """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
 from tests.test_mixed_precision import SPECS, POLICIES, _run
-from adapters.compute import ComputeDtypeError
-import adapters.keras as K
+from layer_conformance.adapters.compute import ComputeDtypeError
+import layer_conformance.adapters.keras as K
 for spec in SPECS:
     for policy in POLICIES:
         y, dx, grads = _run("keras", spec, policy)
@@ -99,7 +99,7 @@ def old(native, trainable, x):
     return native.stateless_call(trainable, [v.value for v in native.non_trainable_variables], x)[0]
 K._stateless_call = old
 K.clear_programs()
-import adapters.compute as C
+import layer_conformance.adapters.compute as C
 C._CHECKED.clear()
 try:
     _run("keras", SPECS[1], "mixed_bfloat16")
@@ -135,7 +135,7 @@ def test_operand_check_sees_the_dtypes_inside_jitted_programs():
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
 
-    from adapters.compute import jax_operand_dtypes
+    from layer_conformance.adapters.compute import jax_operand_dtypes
 
     x = jnp.ones((2, 3), jnp.bfloat16)
     w = jnp.ones((3, 4), jnp.bfloat16)

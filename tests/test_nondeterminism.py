@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from reports.html import write_html
-from reports.markdown import write_markdown
-from reports.messages import HEADLINE_LIMIT, headline
-from reports.schema import load_report
+from layer_conformance.reports.html import write_html
+from layer_conformance.reports.markdown import write_markdown
+from layer_conformance.reports.messages import HEADLINE_LIMIT, headline
+from layer_conformance.reports.schema import load_report
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTS = Path(__file__).resolve().parent / "plants"

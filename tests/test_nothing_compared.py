@@ -10,10 +10,10 @@ from typing import Any, Callable
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-import adapters
-from adapters import get_adapter
-from suites.catalog import CLAIMS_BY_ID
-from suites.harness import Case, ClaimRunner
+from layer_conformance import adapters
+from layer_conformance.adapters import get_adapter
+from layer_conformance.suites.catalog import CLAIMS_BY_ID
+from layer_conformance.suites.harness import Case, ClaimRunner
 
 CHECKS = {"depth": ClaimRunner.depth_example, "batch": ClaimRunner.batch_example}
 
@@ -62,13 +62,13 @@ def test_every_variant_refused_skips_with_the_reason(monkeypatch, check: str) ->
 
 @pytest.mark.parametrize("check", list(CHECKS))
 def test_a_divergence_that_is_not_run_skips_with_its_reason(monkeypatch, check: str) -> None:
-    from suites import divergences
+    from layer_conformance.suites import divergences
 
     runner = _runner(check)
     planted = divergences.Divergence(
         id="planted-crash", framework="torch", applies=lambda *args: True, summary="planted: kills the process",
         evidence="none", versions={}, ceiling=divergences.DIVERGENCES[0].ceiling, kind="crash", checks=(check,))
-    monkeypatch.setattr("suites.harness.divergence_for", lambda *args, **kwargs: planted)
+    monkeypatch.setattr("layer_conformance.suites.harness.divergence_for", lambda *args, **kwargs: planted)
     with pytest.raises(pytest.skip.Exception, match=r"torch\.Linear: not run, documented divergence planted-crash"):
         _run(runner, check)
     assert runner.record["examples"] == 0

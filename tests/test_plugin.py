@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from reports.schema import SCHEMA, load_report
+from layer_conformance.reports.schema import SCHEMA, load_report
 
 pytest_plugins = ["pytester"]
 
@@ -57,7 +57,7 @@ def _statuses(report: dict) -> dict[str, str]:
 
 
 def test_report_rows_statuses_and_reasons(sample: pytest.Pytester):
-    result = sample.runpytest("-p", "reports.plugin", "--conformance-report", "out/report.json")
+    result = sample.runpytest("-p", "layer_conformance.plugin", "--conformance-report", "out/report.json")
     result.assert_outcomes(passed=2, failed=1, skipped=1, errors=1, xfailed=1)
     report = load_report(sample.path / "out" / "report.json")
     assert report["schema"] == SCHEMA and report["complete"] is True
@@ -75,25 +75,25 @@ def test_report_rows_statuses_and_reasons(sample: pytest.Pytester):
 
 def test_xdist_gives_the_same_result_set(sample: pytest.Pytester):
     pytest.importorskip("xdist")
-    sample.runpytest("-p", "reports.plugin", "--conformance-report", "serial.json")
-    sample.runpytest("-p", "reports.plugin", "--conformance-report", "parallel.json", "-n", "2")
+    sample.runpytest("-p", "layer_conformance.plugin", "--conformance-report", "serial.json")
+    sample.runpytest("-p", "layer_conformance.plugin", "--conformance-report", "parallel.json", "-n", "2")
     serial = load_report(sample.path / "serial.json")
     parallel = load_report(sample.path / "parallel.json")
     assert _statuses(serial) == _statuses(parallel)
 
 
 def test_no_report_option_writes_nothing(sample: pytest.Pytester):
-    sample.runpytest("-p", "reports.plugin")
+    sample.runpytest("-p", "layer_conformance.plugin")
     assert not list(sample.path.rglob("*.json"))
 
 
 def test_report_file_is_strict_json(sample: pytest.Pytester):
-    sample.runpytest("-p", "reports.plugin", "--conformance-report", "r.json")
+    sample.runpytest("-p", "layer_conformance.plugin", "--conformance-report", "r.json")
     json.loads((sample.path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
 
 
 def test_junitxml_works_alongside(sample: pytest.Pytester):
-    sample.runpytest("-p", "reports.plugin", "--conformance-report", "r.json", "--junitxml", "junit.xml")
+    sample.runpytest("-p", "layer_conformance.plugin", "--conformance-report", "r.json", "--junitxml", "junit.xml")
     xml = (sample.path / "junit.xml").read_text()
     assert "test_bad" in xml and "<failure" in xml
     assert load_report(sample.path / "r.json")["summary"]["failed"] == 1

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-import adapters
-from reports.cli import main as cli_main
-from reports.schema import load_report
+from layer_conformance import adapters
+from layer_conformance.reports.cli import main as cli_main
+from layer_conformance.reports.schema import load_report
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "suites/test_forward.py::test_forward[xfw-dense-float32-cpu]"
@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 from hypothesis import Phase, settings
 
-import adapters
+from layer_conformance import adapters
 from planting import FaultyAdapter
 
 
@@ -51,7 +51,7 @@ def drop_wide_bias(spec, weights):
 
 
 def faulty_torch():
-    inner = adapters.get_adapter("torch")
+    inner = layer_conformance.adapters.get_adapter("torch")
     return FaultyAdapter(getattr(inner, "inner", inner), lambda layer, y: y, weights_fault=drop_wide_bias)
 
 
@@ -59,7 +59,7 @@ def faulty_torch():
 def pytest_configure(config):
     settings.register_profile("planted", parent=settings.get_profile("dev"),
                               phases=[Phase.explicit, Phase.reuse, Phase.generate])
-    adapters._CACHE["torch"] = faulty_torch()
+    layer_conformance.adapters._CACHE["torch"] = faulty_torch()
 '''
 
 REPLAY = '''

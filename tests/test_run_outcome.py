@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from reports import progress
-from reports.cli import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, _mark_incomplete, run_exit_code, \
+from layer_conformance.reports import progress
+from layer_conformance.reports.cli import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, _mark_incomplete, run_exit_code, \
     run_summary
-from reports.schema import summarize
+from layer_conformance.reports.schema import summarize
 
 
 def _report(*statuses: str, complete: bool = True) -> dict:

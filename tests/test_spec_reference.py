@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from adapters import reference
-from adapters.spec import LayerSpec, SpecError, check_weights
-from suites.strategies import conv_dims
+from layer_conformance.adapters import reference
+from layer_conformance.adapters.spec import LayerSpec, SpecError, check_weights
+from layer_conformance.suites.strategies import conv_dims
 
 
 def brute_force_conv(spec: LayerSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -126,7 +126,7 @@ def test_weights_are_checked_against_the_canonical_shape():
 
 def test_reference_memo_evaluates_each_distinct_layer_once(monkeypatch):
     """xfw-dense hands four frameworks one layer: one oracle call. A moved value is a new layer."""
-    from suites.catalog import CLAIMS_BY_ID, ReferenceMemo, evaluate_reference
+    from layer_conformance.suites.catalog import CLAIMS_BY_ID, ReferenceMemo, evaluate_reference
 
     calls = []
     evaluate = reference.forward_and_magnitude

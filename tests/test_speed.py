@@ -7,15 +7,15 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-from reports.html import render_html
-from reports.markdown import render_markdown
-from reports.merge import merge_reports
-from reports.schema import load_report, summarize
-from reports.table import format_table
-from reports.plots import claim_plots, speed_plot
-from suites import speed
-from suites.catalog import CLAIMS_BY_ID
-from suites.harness import Case, ClaimRunner
+from layer_conformance.reports.html import render_html
+from layer_conformance.reports.markdown import render_markdown
+from layer_conformance.reports.merge import merge_reports
+from layer_conformance.reports.schema import load_report, summarize
+from layer_conformance.reports.table import format_table
+from layer_conformance.reports.plots import claim_plots, speed_plot
+from layer_conformance.suites import speed
+from layer_conformance.suites.catalog import CLAIMS_BY_ID
+from layer_conformance.suites.harness import Case, ClaimRunner
 
 
 def _busy(seconds: float) -> None:
@@ -64,7 +64,7 @@ def _speed_runner(claim_id: str = "torch-linear-conv1d-k1") -> ClaimRunner:
 
 
 def test_speed_check_records_a_row_for_every_runnable_variant(monkeypatch):
-    from suites.test_speed import test_speed
+    from layer_conformance.suites.test_speed import test_speed
 
     monkeypatch.delenv(speed.ENV_SWITCH, raising=False)
     runner = _speed_runner()
@@ -86,7 +86,7 @@ def test_speed_check_records_a_row_for_every_runnable_variant(monkeypatch):
 
 @pytest.mark.parametrize("value", ["0", "off"])
 def test_speed_switched_off_skips_with_a_reason(monkeypatch, value):
-    from suites.test_speed import test_speed
+    from layer_conformance.suites.test_speed import test_speed
 
     monkeypatch.setenv(speed.ENV_SWITCH, value)
     with pytest.raises(pytest.skip.Exception, match="CONFORMANCE_SPEED"):
@@ -156,7 +156,7 @@ def test_judged(conformance_record):
 
 def test_plugin_reports_a_passing_measurement_as_measured(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_sample=MEASURING)
-    result = pytester.runpytest("-p", "reports.plugin", "--conformance-report", "report.json")
+    result = pytester.runpytest("-p", "layer_conformance.plugin", "--conformance-report", "report.json")
     report = load_report(pytester.path / "report.json")
     statuses = {row["claim"]: row["status"] for row in report["results"]}
     assert statuses == {"timed": "measured", "crashed": "failed", "off": "skipped", "judged": "passed"}
@@ -165,7 +165,7 @@ def test_plugin_reports_a_passing_measurement_as_measured(pytester: pytest.Pytes
 
 
 def test_the_speed_check_marks_its_record_as_a_measurement(monkeypatch) -> None:
-    from suites.test_speed import test_speed
+    from layer_conformance.suites.test_speed import test_speed
 
     monkeypatch.delenv(speed.ENV_SWITCH, raising=False)
     monkeypatch.setattr(speed, "grid", lambda claim_id, example: [("example", dict(example))])
@@ -175,7 +175,7 @@ def test_the_speed_check_marks_its_record_as_a_measurement(monkeypatch) -> None:
 
 
 def test_speed_with_nothing_timed_is_skipped_with_the_reasons(monkeypatch) -> None:
-    from suites.test_speed import test_speed
+    from layer_conformance.suites.test_speed import test_speed
 
     monkeypatch.delenv(speed.ENV_SWITCH, raising=False)
     monkeypatch.setattr(speed, "grid", lambda claim_id, example: [("example", dict(example))])
@@ -183,10 +183,10 @@ def test_speed_with_nothing_timed_is_skipped_with_the_reasons(monkeypatch) -> No
     inner = type(runner.runnable[0])
     monkeypatch.setattr(runner, "runnable", [inner(v.framework, v.spec, v.x_in, v.y_out, v.w_map, v.how)
                                              for v in runner.runnable])
-    import adapters
+    from layer_conformance import adapters
 
     refusing = type("Refusing", (), {"supports": lambda self, spec, dtype, device: "planted refusal"})()
-    monkeypatch.setattr("suites.test_speed.get_adapter", lambda framework: refusing)
+    monkeypatch.setattr("layer_conformance.suites.test_speed.get_adapter", lambda framework: refusing)
     with pytest.raises(pytest.skip.Exception, match="no variant could be timed: .*planted refusal"):
         test_speed(runner)
     assert adapters  # the real adapters are untouched

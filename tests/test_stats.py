@@ -14,12 +14,12 @@ from typing import Callable
 import numpy as np
 import pytest
 
-import adapters
-from adapters import FRAMEWORKS, LayerSpec, get_adapter
-from suites.catalog import CLAIMS_BY_ID
-from suites.stats import (JAX_TRUNCATED_NORMAL_STD, Dist, documented_init, fans, kolmogorov_sf, ks_statistic,
+from layer_conformance import adapters
+from layer_conformance.adapters import FRAMEWORKS, LayerSpec, get_adapter
+from layer_conformance.suites.catalog import CLAIMS_BY_ID
+from layer_conformance.suites.stats import (JAX_TRUNCATED_NORMAL_STD, Dist, documented_init, fans, kolmogorov_sf, ks_statistic,
                           ks_test, outside_support, point_mass_zero, truncated_normal_std, uniform_cdf)
-from suites.test_init import ALPHA, MIN_SAMPLES, check_init
+from layer_conformance.suites.test_init import ALPHA, MIN_SAMPLES, check_init
 
 # the xfw-dense row: fan_in 8, fan_out 32; its 4 variants x 2 tensors bound the Bonferroni factor
 FAN_IN, FAN_OUT = 8, 32

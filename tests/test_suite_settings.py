@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from suites import conftest as suite_conftest
+from layer_conformance.suites import conftest as suite_conftest
 
 pytest_plugins = ["pytester"]
 
@@ -49,7 +49,7 @@ def test_suite_processes_get_the_cache_and_worker_threads(pytester, tmp_path):
     """A worker of `pytest -n 2` sees one thread per core share and the cache folder, set before any import."""
     pytester.makeconftest("""
         import os
-        pytest_plugins = ["suites.conftest"]
+        pytest_plugins = ["layer_conformance.suites.conftest"]
     """)
     pytester.makepyfile(test_env="""
         import os
@@ -69,7 +69,7 @@ def test_suite_processes_get_the_cache_and_worker_threads(pytester, tmp_path):
 # ---- the geometry pool ------------------------------------------------------------------------------
 
 def test_pool_size_by_profile_and_option():
-    from suites.strategies import CI_GEOMETRIES, pool_size
+    from layer_conformance.suites.strategies import CI_GEOMETRIES, pool_size
 
     assert pool_size(None, "ci") == CI_GEOMETRIES == 10
     assert pool_size("auto", "dev") is None and pool_size(None, "thorough") is None
@@ -83,7 +83,7 @@ def test_pool_size_by_profile_and_option():
 def test_geometry_pool_is_deterministic_distinct_and_keyed():
     from hypothesis import strategies as st
 
-    from suites.strategies import conv_dims, geometry_key, geometry_pool
+    from layer_conformance.suites.strategies import conv_dims, geometry_key, geometry_pool
 
     first = geometry_pool(conv_dims(1), 10, "xfw-conv1d-float32-cpu/forward")
     again = geometry_pool(conv_dims(1), 10, "xfw-conv1d-float32-cpu/forward")
@@ -100,9 +100,9 @@ def test_pooled_test_runs_its_examples_over_the_pool():
     pytest.importorskip("torch")
     from hypothesis import HealthCheck, given, settings, strategies as st
 
-    from suites.catalog import CLAIMS_BY_ID
-    from suites.harness import Case, ClaimRunner
-    from suites.strategies import geometry_key, geometry_pool
+    from layer_conformance.suites.catalog import CLAIMS_BY_ID
+    from layer_conformance.suites.harness import Case, ClaimRunner
+    from layer_conformance.suites.strategies import geometry_key, geometry_pool
 
     claim = CLAIMS_BY_ID["torch-linear-conv1d-k1"]
     record: dict = {}
@@ -141,8 +141,8 @@ def test_bad_geometry_option_is_a_usage_error():
 def test_geometry_pool_covers_the_features_a_fault_needs():
     """The first draws are mostly minimal; the pool picks for coverage: e.g. a dilated convolution
     with stride 1 (the only dilation Keras accepts, so the only one a Keras dilation bug shows in)."""
-    from suites.catalog import CLAIMS_BY_ID
-    from suites.strategies import geometry_pool
+    from layer_conformance.suites.catalog import CLAIMS_BY_ID
+    from layer_conformance.suites.strategies import geometry_pool
 
     for claim_id in ("xfw-conv1d", "xfw-conv2d"):
         specs = [d["spec"] for d in geometry_pool(CLAIMS_BY_ID[claim_id].dims, 10, f"{claim_id}-float32-cpu/forward")]
@@ -158,8 +158,8 @@ def test_geometry_pool_keeps_the_simplest_and_the_largest_candidate():
     """A fault that fires only on large outputs (>= 1000 elements) needs a large geometry in the pool."""
     import numpy as np
 
-    from suites.catalog import CLAIMS_BY_ID
-    from suites.strategies import geometry_pool
+    from layer_conformance.suites.catalog import CLAIMS_BY_ID
+    from layer_conformance.suites.strategies import geometry_pool
 
     claim = CLAIMS_BY_ID["xfw-dense"]
     pool = geometry_pool(claim.dims, 10, "xfw-dense-float32-cpu/forward")
@@ -168,11 +168,11 @@ def test_geometry_pool_keeps_the_simplest_and_the_largest_candidate():
 
 
 def test_frameworks_are_frozen_out_of_garbage_collection_once():
-    """After a row's frameworks are imported, full collections no longer walk them (suites.harness.freeze_imports)."""
+    """After a row's frameworks are imported, full collections no longer walk them (layer_conformance.suites.harness.freeze_imports)."""
     import gc
 
     pytest.importorskip("torch")
-    from suites import harness
+    from layer_conformance.suites import harness
 
     import torch  # noqa: F401  (a framework in sys.modules)
 
@@ -187,8 +187,8 @@ def test_frameworks_are_frozen_out_of_garbage_collection_once():
 def test_pool_built_once_per_run_is_the_pool_each_process_would_build(tmp_path, monkeypatch):
     """$CONFORMANCE_POOL_DIR: the first process leaves the pool there; a later one reads the same pool, and
     an unreadable file is built again rather than trusted."""
-    from suites import strategies
-    from suites.strategies import POOL_DIR_ENV, _shared_pool, conv_dims, geometry_key
+    from layer_conformance.suites import strategies
+    from layer_conformance.suites.strategies import POOL_DIR_ENV, _shared_pool, conv_dims, geometry_key
 
     dims = conv_dims(1)
     monkeypatch.delenv(POOL_DIR_ENV, raising=False)

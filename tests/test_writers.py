@@ -12,9 +12,9 @@ import stat
 
 import pytest
 
-from reports.html import render_html, safe_href, write_html
-from reports.markdown import md_code, md_escape, render_markdown, write_markdown, write_text_atomic
-from reports.plots import bound_ratio_histogram, claim_plots, drawn_in_processes, error_vs_length, many_claim_plots
+from layer_conformance.reports.html import render_html, safe_href, write_html
+from layer_conformance.reports.markdown import md_code, md_escape, render_markdown, write_markdown, write_text_atomic
+from layer_conformance.reports.plots import bound_ratio_histogram, claim_plots, drawn_in_processes, error_vs_length, many_claim_plots
 
 XSS = "<script>alert(1)</script>"
 BASIC_KEYS = ("nodeid", "claim", "relation", "check", "variants", "dtype", "device", "status", "examples",
@@ -222,7 +222,7 @@ def _palette_error(full: bytes, small: bytes) -> tuple[float, float]:
 
 def _full_and_palette(monkeypatch) -> tuple[bytes, bytes]:
     """A report plot as matplotlib renders it (full colour) and as the report embeds it."""
-    from reports import plots
+    from layer_conformance.reports import plots
 
     rendered: list[bytes] = []
     render = plots._render
@@ -236,7 +236,7 @@ def test_plots_are_palette_pngs_that_look_like_the_full_colour_render(monkeypatc
     """The report embeds 8-bit palette PNGs (a third of the bytes): the same picture to the eye."""
     from PIL import Image
 
-    from reports import plots
+    from layer_conformance.reports import plots
 
     full, small = _full_and_palette(monkeypatch)
     with Image.open(io.BytesIO(small)) as image:
@@ -251,7 +251,7 @@ def test_plots_are_palette_pngs_that_look_like_the_full_colour_render(monkeypatc
 
 def test_palette_check_catches_a_palette_too_small(monkeypatch):
     """The check above fails on a damaged picture: 16 colours lose the shades of the markers' edges."""
-    from reports import plots
+    from layer_conformance.reports import plots
 
     full, _ = _full_and_palette(monkeypatch)
     monkeypatch.setattr(plots, "PALETTE_COLOURS", 16)
@@ -326,7 +326,7 @@ def test_write_text_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("reports.markdown.os.replace", boom)
+    monkeypatch.setattr("layer_conformance.reports.markdown.os.replace", boom)
     with pytest.raises(OSError):
         write_text_atomic(target, "new\n")
     assert target.read_text() == "old\n"
@@ -385,7 +385,7 @@ def test_plots_module_does_not_import_matplotlib_at_import_time():
     import sys
     from pathlib import Path
 
-    code = "import sys, reports.plots, reports.html, reports.markdown; print('matplotlib' in sys.modules)"
+    code = "import sys, layer_conformance.reports.plots, layer_conformance.reports.html, layer_conformance.reports.markdown; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"

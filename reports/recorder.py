@@ -1,4 +1,6 @@
-"""pytest plugin: records one result row per conformance test and writes report.json.
+"""The report recorder: one result row per conformance test, written to report.json.
+
+The plugin (layer_conformance.plugin) calls configure/unconfigure and wraps every test in flight_noted.
 
 Suites fill a plain dict from the `conformance_record` fixture; it rides on
 `item.user_properties`, so it reaches the controller under pytest-xdist too. The plugin
@@ -10,6 +12,7 @@ interruption (see `SignalGuard`).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -24,32 +27,14 @@ from typing import Any, Iterator
 
 import pytest
 
-from reports import flight
-from reports.flight import DEFAULT_TIMEOUT_S
-from reports.messages import cut, failure_reason
-from reports.schema import SCHEMA, summarize, write_json_atomic
-from reports.table import format_table
+from layer_conformance.reports import flight
+from layer_conformance.reports.messages import cut, failure_reason
+from layer_conformance.reports.schema import SCHEMA, summarize, write_json_atomic
+from layer_conformance.reports.table import format_table
 
 RECORD = "conformance"
 REPORT_OPTION = "--conformance-report"
 _PLUGIN_KEY = pytest.StashKey["ConformancePlugin"]()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("conformance", "layer-conformance reports")
-    group.addoption(REPORT_OPTION, metavar="PATH", default=None,
-                    help="write the conformance report (JSON, schema layer-conformance/report/v1) to PATH")
-    group.addoption("--conformance-counterexamples", metavar="DIR", default=None,
-                    help="folder for failing examples (.npz + reproduction scripts); default: "
-                         "counterexamples/ next to the report, none without a report")
-    group.addoption("--conformance-table", action="store_true", default=False,
-                    help="print the per-claim result table at the end of the run")
-    group.addoption("--conformance-timeout", metavar="SECONDS", default=None,
-                    help="per-test limit under pytest-xdist: a test still running after it is reported as an "
-                         "error (hung) and the run goes on; 0 or off: no limit (default: $CONFORMANCE_TIMEOUT, "
-                         f"else {DEFAULT_TIMEOUT_S:g})")
-    group.addoption("--conformance-progress", metavar="PATH", default=None,
-                    help="append one JSON line per finished test (and the total once collected) to PATH")
 
 
 MAX_WORKER_RESTARTS = 10_000  # a crashing test costs one worker, never the rest of the run
@@ -62,7 +47,8 @@ def timeout_seconds(config: pytest.Config) -> float | None:
         raise pytest.UsageError(f"--conformance-timeout / ${flight.TIMEOUT_ENV}: {error}") from None
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def configure(config: pytest.Config) -> None:
+    """The recorder of this run (called by the plugin's pytest_configure)."""
     timeout_seconds(config)  # a bad value is a usage error before anything runs
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "maxworkerrestart", 0) is None:
         config.option.maxworkerrestart = str(MAX_WORKER_RESTARTS)  # read by xdist's DSession (configured last)
@@ -79,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_EarlyReport(plugin), "conformance-report-early")
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
+def unconfigure(config: pytest.Config) -> None:
     plugin = config.stash.get(_PLUGIN_KEY, None)
     if plugin is not None:
         plugin.signals.restore()
@@ -87,8 +73,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     flight.stop(config)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+@contextlib.contextmanager
+def flight_noted(item: pytest.Item) -> Iterator[None]:
     """In a worker with a flight recorder: the test is noted (and the hang watchdog armed) while it runs."""
     recorder = flight.recorder(item.config)
     if recorder is not None:
@@ -154,7 +140,7 @@ class SignalGuard:
 
 def base_environment() -> dict[str, Any]:
     """What is known without importing a framework: Python, platform, CPU, installed versions."""
-    from adapters.base import package_version
+    from layer_conformance.adapters.base import package_version
 
     frameworks = {name: package_version(name) for name in
                   ("torch", "tensorflow-cpu", "tensorflow", "keras", "jax", "jaxlib", "flax", "numpy", "ml-dtypes")}
