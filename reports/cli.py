@@ -446,6 +446,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "merge": (_delegate("layer_conformance.reports.merge"), "join shard reports into one"),
     "repro": (_delegate("layer_conformance.reports.repro"), "re-run a saved failing example"),
     "faults": (_delegate("layer_conformance.reports.faults"), "inject framework faults, run the suite under each, print the mutation score"),
+    "explain": (_delegate("layer_conformance.reports.explain"), "is your output's difference from a reference rounding? judge it by the derived bound"),
+    "report": (_delegate("layer_conformance.reports.render"), "render report.md and report.html from a report.json (e.g. a merged one)"),
 }
 
 

@@ -27,6 +27,52 @@ for _policy, _compute in (("mixed_float16", "float16"), ("mixed_bfloat16", "bflo
     UNIT_ROUNDOFF[_policy], SMALLEST_NORMAL[_policy] = UNIT_ROUNDOFF[_compute], SMALLEST_NORMAL[_compute]
     ROUNDOFF_LABEL[_policy] = f"{ROUNDOFF_LABEL[_compute]} (u_eff of the {_policy} policy)"
 
+# Declared effective unit roundoffs of precision modes that compute a float32 layer in less precision. Each
+# is a u_eff for `error_bound` (the bound above with u = u_eff), never a widened tolerance: a u for which
+# every product and sum the mode performs stays within gamma(K + 1, u_eff) m + 2 u_eff m (K >= 1). All of
+# them take float32 data and give float32 results (DECLARED_STORAGE: the dtype of the subnormal term).
+DECLARED_ROUNDOFF: dict[str, float] = {
+    # TensorFloat-32 (NVIDIA Ampere and later; torch allow_tf32, TensorFlow's TF32 execution, the default
+    # there): the float32 operands are "rounded from 23 bits of precision to 10 bits"
+    # (tf.config.experimental.enable_tensor_float_32_execution docs), 10 explicit mantissa bits, so u = 2^-11,
+    # and the products are summed in float32. Two roundings per product (2u + u^2) and float32 sums fit in
+    # (K + 3) u. (A truncating conversion would err by up to 2u per operand: covered for K >= 2 only.)
+    "tf32": 2.0 ** -11,
+    # bf16_3x (jax.lax.Precision.HIGH on TPU, alias 'bfloat16_3x': "float32 computations in 3 bfloat16
+    # passes", jax.lax.Precision docstring; the split of Henry, Tang & Heinecke, "Leveraging the bfloat16
+    # artificial intelligence datatype for higher-precision computations", ARITH 2019): each operand
+    # a = hi + lo with hi = bf16(a), lo = bf16(a - hi), and a*b ~ hi*hi + hi*lo + lo*hi, each exact in float32,
+    # summed in float32. TPUs convert to bfloat16 by round to nearest even (Cloud TPU bfloat16 docs), so
+    # hi + lo = a (1 + d) with |d| <= 2^-16 and |lo*lo| <= 2^-16 (1 + 2^-8)^2 |ab|: every product is within
+    # 3.008 * 2^-16 |ab|, and the float32 sum of its 3K + 1 partial terms (absolute sum <= 1.016 m) adds at most
+    # 1.016 (3K + 1) 2^-24 m. Derived: with u = 2^-16 the bound allows at least (K + 3) u m, which exceeds
+    # (3.012 + 0.012 K) u m for every K >= 1.
+    "bf16_3x": 2.0 ** -16,
+    # jax.lax.Precision.DEFAULT ('default', 'fastest', 'bfloat16', and jax_default_matmul_precision unset) for
+    # float32 on an accelerator: one bfloat16 pass on TPU (operands rounded to bfloat16, u = 2^-8, float32
+    # accumulation), TF32 on NVIDIA GPUs that have it (2^-11) (JAX "Matmul precision" docs). Declared as the
+    # looser of the two, 2^-8, so that it holds on both. No effect on CPU (float32 there). The worst-case
+    # bound at 2^-8 is infinite from 255 products on: no verdict there.
+    "xla-default": 2.0 ** -8,
+    # jax.lax.Precision.HIGH ('high', 'bfloat16_3x', 'tensorfloat32'): bf16_3x on TPU (2^-16, above), TF32 on
+    # NVIDIA GPUs (2^-11) (jax.lax.Precision docstring; JAX "Matmul precision" docs). Declared as the looser,
+    # 2^-11, so that it holds on both; name bf16_3x for a result known to come from a TPU.
+    "xla-high": 2.0 ** -11,
+}
+DECLARED_STORAGE: dict[str, str] = {mode: "float32" for mode in DECLARED_ROUNDOFF}
+
+
+def roundoff(name_or_dtype: str) -> float:
+    """The unit roundoff of a dtype (UNIT_ROUNDOFF, mixed policies included) or of a declared precision mode
+    (DECLARED_ROUNDOFF); ValueError naming the known names for anything else."""
+    if isinstance(name_or_dtype, str):
+        if name_or_dtype in UNIT_ROUNDOFF:
+            return UNIT_ROUNDOFF[name_or_dtype]
+        if name_or_dtype in DECLARED_ROUNDOFF:
+            return DECLARED_ROUNDOFF[name_or_dtype]
+    raise ValueError(f"unknown dtype or precision mode {name_or_dtype!r}: expected a dtype "
+                     f"({', '.join(UNIT_ROUNDOFF)}) or a declared mode ({', '.join(DECLARED_ROUNDOFF)})")
+
 
 def gamma(n: int, u: float) -> float:
     """Higham's gamma_n = n u / (1 - n u); infinite once n u >= 1 (no bound exists)."""
