@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, CONFORMANCE_JAX_CACHE=str(Path(scratch) / "jax-cache"),
                    CONFORMANCE_HYPOTHESIS_DB="none", PYTHONPATH=str(where))
         env.pop("CONFORMANCE_PROFILE", None)
-        command = [sys.executable, "-m", "reports", "run", "--out", str(out), *extra]
+        command = [sys.executable, "-m", "layer_conformance", "run", "--out", str(out), *extra]
         print(f"first run: {' '.join(command[1:])} in {'this checkout' if args.in_place else 'a fresh clone'}, "
               f"cold caches, {os.cpu_count()} CPUs", flush=True)
         started = time.monotonic()

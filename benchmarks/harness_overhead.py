@@ -337,7 +337,7 @@ def startup() -> bool:
         probe = _PROBE.format(frameworks=FRAMEWORK_MODULES)
         for args in (["--help"], ["compare", str(report), str(report)]):
             label = "conformance " + " ".join("r.json" if a == str(report) else a for a in args)
-            console = [sys.executable, "-m", "reports", *args]
+            console = [sys.executable, "-m", "layer_conformance", *args]
             walls = [_wall(console)[0] for _ in range(3)]
             _, done = _wall([sys.executable, "-c", probe, json.dumps(args)])
             line = next((l for l in done.stdout.splitlines() if l.startswith("@@")), None)
@@ -352,7 +352,7 @@ def startup() -> bool:
 
 def full_run() -> None:
     with tempfile.TemporaryDirectory() as folder:
-        cmd = [sys.executable, "-m", "reports", "run", "--profile", "ci", "--out", folder]
+        cmd = [sys.executable, "-m", "layer_conformance", "run", "--profile", "ci", "--out", folder]
         print("\n== Full run: conformance run --profile ci (this takes many minutes)")
         wall, done = _wall(cmd)
         print(f"  wall {wall:.0f} s, exit {done.returncode}")

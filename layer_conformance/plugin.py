@@ -124,6 +124,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          f"else {DEFAULT_TIMEOUT_S:g})")
     group.addoption("--conformance-progress", metavar="PATH", default=None,
                     help="append one JSON line per finished test (and the total once collected) to PATH")
+    group.addoption("--conformance-claims", default="", type=csv, metavar="MODULES",
+                    help="modules (importable from the current folder, or .py paths) that register user claims "
+                         "(layer_conformance.register_claims): the suites run them beside the catalog")
     group.addoption("--conformance-fault", default=None, metavar="ID",
                     help="monkeypatch the framework with this fault (layer_conformance.suites.faults) for the "
                          "whole run: mutation testing of the suite")
@@ -152,11 +155,29 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--conformance-{option}: unknown {', '.join(sorted(unknown))}; "
                                     f"choose from {', '.join(known)}")
     geometries_per_test(config)  # a bad value is a usage error before anything runs
+    _load_claims(config)
     config.addinivalue_line("markers", "conformance: a conformance check of the claim catalog (suites/)")
     config.addinivalue_line("markers", "selftest: a self-test of the harness (tests/)")
     recorder.configure(config)
     if config.getoption("--conformance-fault"):
         config.pluginmanager.import_plugin("layer_conformance.suites.fault_plugin")  # installs the fault now
+
+
+def _load_claims(config: pytest.Config) -> None:
+    from layer_conformance.suites.catalog import CatalogError
+    from layer_conformance.suites.user_claims import load_entry_points, load_modules
+
+    try:
+        load_entry_points()
+        load_modules(config.getoption("--conformance-claims"), Path(config.invocation_params.dir))
+    except CatalogError as error:
+        raise pytest.UsageError(f"layer-conformance user claims: {error}") from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    from layer_conformance.suites.parametrize import generate
+
+    generate(metafunc)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -168,6 +189,14 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """In a worker with a flight recorder: the test is noted (and the hang watchdog armed) while it runs."""
     with recorder.flight_noted(item):
         yield
+
+
+@pytest.fixture
+def conformance_runner(request: pytest.FixtureRequest, conformance_record: dict) -> Iterator[object]:
+    """The runner of one row (claim, dtype, device) of a conformance check (suites.parametrize.runner_for)."""
+    from layer_conformance.suites.parametrize import runner_for
+
+    yield from runner_for(request, conformance_record)
 
 
 def geometries_per_test(config: pytest.Config) -> int | None:

@@ -73,17 +73,36 @@ def unconfigure(config: pytest.Config) -> None:
     flight.stop(config)
 
 
+_RUNNING: list[pytest.Item] = []  # the test running in this process (one at a time), for current_record()
+
+
 @contextlib.contextmanager
 def flight_noted(item: pytest.Item) -> Iterator[None]:
-    """In a worker with a flight recorder: the test is noted (and the hang watchdog armed) while it runs."""
+    """In a worker with a flight recorder: the test is noted (and the hang watchdog armed) while it runs.
+    In every process the item is kept for `current_record`."""
     recorder = flight.recorder(item.config)
     if recorder is not None:
         recorder.begin(item.nodeid)
+    _RUNNING.append(item)
     try:
         yield
     finally:
+        _RUNNING.remove(item)
         if recorder is not None:
             recorder.end()
+
+
+def current_record() -> dict[str, Any] | None:
+    """The report row of the test running now under the plugin (made if the test did not ask for
+    `conformance_record`), or None outside a test: how an API call (assert_conforms) records itself."""
+    if not _RUNNING:
+        return None
+    item = _RUNNING[-1]
+    record = _record_of(item.user_properties)
+    if record is None:
+        record = {"nodeid": item.nodeid}
+        item.user_properties.append((RECORD, record))
+    return record
 
 
 class SignalGuard:

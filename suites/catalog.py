@@ -360,8 +360,10 @@ class CatalogError(ValueError):
     """A malformed catalog row: raised at import, naming the row."""
 
 
-def _validate(claim: Claim) -> None:
-    if claim.id in CLAIMS_BY_ID:
+def validate(claim: Claim, known: Any = None) -> None:
+    """Check one row (the catalog's at import, a user's when registered); CatalogError names the row and the fix.
+    known: the ids already taken (default: the catalog's)."""
+    if claim.id in (CLAIMS_BY_ID if known is None else known):
         raise CatalogError(f"duplicate claim id {claim.id!r}")
     if claim.relation not in ("equal", "differ"):
         raise CatalogError(f"claim {claim.id}: relation must be 'equal' or 'differ', not {claim.relation!r}")
@@ -482,5 +484,5 @@ def evaluate_reference(variant: Variant, dims: Dims, x: np.ndarray, weights: Wei
 
 
 for _claim in CLAIMS:
-    _validate(_claim)
+    validate(_claim)
     CLAIMS_BY_ID[_claim.id] = _claim

@@ -1,22 +1,19 @@
-"""Parametrizes the suites over catalog x dtype x device and provides the per-test runner."""
+"""Settings of a run of the built-in suites: threads per worker, the JAX cache, shared geometry pools,
+the known-crash re-checks and the report's divergences section. Parametrization over claims x dtype x
+device and the per-test runner are the plugin's (layer_conformance.suites.parametrize), so that a
+user's own suites get them too."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
 
 import pytest
 
-from layer_conformance.reports import flight
 from layer_conformance.reports.cores import usable_cores
-from layer_conformance.reports.recorder import (REPORT_OPTION, add_report_section, counterexample_folder, record_environment,
-                            recorded_results)
-from layer_conformance.suites.catalog import CLAIMS
-from layer_conformance.suites.harness import Case, ClaimRunner, freeze_imports
-from layer_conformance.suites.strategies import POOL_DIR_ENV, configured_pool_size
+from layer_conformance.reports.recorder import REPORT_OPTION, add_report_section, recorded_results
+from layer_conformance.suites.harness import ClaimRunner
+from layer_conformance.suites.strategies import POOL_DIR_ENV
 
-_RECORDED: set[str] = set()
-_NUMERICS_SET: set[str] = set()
 THREADS_ENV = "CONFORMANCE_THREADS"
 
 
@@ -143,60 +140,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.conformance)
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "runner" not in metafunc.fixturenames:
-        return
-    config = metafunc.config
-    relation = getattr(metafunc.function, "relation", None)
-    check = getattr(metafunc.function, "check", "forward")
-    required = set(config.getoption("--conformance-require"))
-    claims = [claim for claim in CLAIMS if relation in (None, claim.relation) and check in claim.checks
-              and (not required or required & {v.framework for v in claim.variants})]
-    # a check may declare the dtypes/devices it is defined for (e.g. initializers: float32 on cpu)
-    dtypes = [d for d in config.getoption("--conformance-dtypes") if d in getattr(metafunc.function, "dtypes", [d])]
-    devices = [d for d in config.getoption("--conformance-devices")
-               if d in getattr(metafunc.function, "devices", [d])]
-    # Keras dtype policies exist only in Keras: no rows for claims without a Keras variant
-    cases = [Case(claim, dtype, device) for claim in claims for dtype in dtypes for device in devices
-             if not dtype.startswith("mixed_") or any(v.framework == "keras" for v in claim.variants)]
-    metafunc.parametrize("runner", cases, ids=[case.id for case in cases], indirect=True)
-
-
-def _record_unavailable(config: pytest.Config, variants: Any, selected: set[str]) -> None:
-    """A selected framework that cannot be imported here is named in the report's environment (once)."""
-    from layer_conformance.adapters import get_adapter
-
-    for framework in {v.framework for v in variants} & selected - _RECORDED:
-        reason = get_adapter(framework).available()
-        if reason:
-            _RECORDED.add(framework)
-            record_environment(config, framework, {"unavailable": reason})
-
-
 @pytest.fixture
-def runner(request: pytest.FixtureRequest, conformance_record: dict[str, Any]) -> Iterator[ClaimRunner]:
-    check = getattr(request.function, "check", "forward")
-    selected = set(request.config.getoption("--conformance-frameworks"))
-    numerics = request.config.getoption("--conformance-numerics")
-    _record_unavailable(request.config, request.param.claim.variants, selected)
-    for variant in request.param.claim.variants:  # once per framework and process, before its first layer
-        if variant.framework not in _NUMERICS_SET and variant.framework in selected:
-            _NUMERICS_SET.add(variant.framework)
-            from layer_conformance.adapters import get_adapter
-
-            get_adapter(variant.framework).set_numerics(numerics)
-    conformance_record["numerics"] = numerics
-    runner = ClaimRunner(request.param, conformance_record, check=check, frameworks=selected,
-                         counterexamples=counterexample_folder(request.config),
-                         geometries=configured_pool_size(request.config.getoption("--conformance-geometries")))
-    freeze_imports()  # the row's frameworks are imported now (the runner asked each whether it runs)
-    recorder = flight.recorder(request.config)
-    if recorder is not None:  # an xdist worker: a crash from here on is reported with this row's facts
-        recorder.describe(conformance_record)
-    yield runner
-    for framework in runner.frameworks_used():
-        if framework not in _RECORDED:
-            _RECORDED.add(framework)
-            from layer_conformance.adapters import get_adapter
-
-            record_environment(request.config, framework, get_adapter(framework).environment())
+def runner(conformance_runner: ClaimRunner) -> ClaimRunner:
+    """The suites' name for the plugin's `conformance_runner` (layer_conformance.suites.parametrize)."""
+    return conformance_runner

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from layer_conformance.suites.catalog import CHECKS, CLAIMS, CLAIMS_BY_ID, CatalogError, Claim, _validate
+from layer_conformance.suites.catalog import CHECKS, CLAIMS, CLAIMS_BY_ID, CatalogError, Claim, validate as _validate
 from layer_conformance.suites.strategies import STYLES
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
@@ -43,7 +43,7 @@ def test_checks_are_the_suites_checks() -> None:
     """CHECKS names exactly the checks that suites/test_*.py functions declare (default: forward)."""
     declared = set()
     for path in sorted(SUITES.glob("test_*.py")):
-        module = importlib.import_module(f"suites.{path.stem}")
+        module = importlib.import_module(f"layer_conformance.suites.{path.stem}")
         declared |= {getattr(fn, "check", "forward") for name, fn in vars(module).items()
                      if name.startswith("test_") and callable(fn) and "runner" in fn.__code__.co_varnames}
     assert declared == set(CHECKS), f"suites declare {sorted(declared)}, catalog.CHECKS has {sorted(CHECKS)}"

@@ -61,7 +61,7 @@ def test_run_writes_the_report_and_prints_the_table(tmp_path):
     """A real, small run: one claim family, one dtype, the debug profile, one Keras backend."""
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "reports", "run", "--out", str(out), "--profile", "debug", "--dtypes", "float32",
+        [sys.executable, "-m", "layer_conformance", "run", "--out", str(out), "--profile", "debug", "--dtypes", "float32",
          "--devices", "cpu", "--keras-backends", "tensorflow", "--table", "--", "-k", "xfw-dense or differ-view"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

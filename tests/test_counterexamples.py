@@ -380,4 +380,4 @@ def test_repro_and_saving_import_no_framework(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.npz")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "re-run a saved failing example" in subprocess.run(
-        [sys.executable, "-m", "reports", "--help"], capture_output=True, text=True).stdout
+        [sys.executable, "-m", "layer_conformance", "--help"], capture_output=True, text=True).stdout

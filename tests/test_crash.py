@@ -57,7 +57,7 @@ def _check_crash_row(report: dict, signal_name: str, reason_words: tuple[str, ..
 def _repro(row: dict, report_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     npz = report_dir / row["counterexample"]["npz"]
     assert npz.is_file() and (report_dir / row["counterexample"]["script"]).is_file()
-    return subprocess.run([sys.executable, "-m", "reports", "repro", str(npz)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "layer_conformance", "repro", str(npz)], cwd=ROOT, capture_output=True,
                           text=True, env=env, timeout=LIMIT_S)
 
 
@@ -83,7 +83,7 @@ def test_pytest_n2_reports_the_crashed_test_and_keeps_every_other(tmp_path, mode
 
 
 def _conformance_run(tmp_path: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reports", "run", "--out", str(tmp_path / "out"), "--frameworks",
+    return subprocess.run([sys.executable, "-m", "layer_conformance", "run", "--out", str(tmp_path / "out"), "--frameworks",
                            "torch", "--dtypes", "float32", "--devices", "cpu", *extra], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=LIMIT_S)
 
