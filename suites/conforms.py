@@ -156,6 +156,7 @@ def assert_conforms(a: Any, b: Any, *, a_params: Mapping[str, Any] | None = None
     Returns the measurements; raises ConformanceError (an AssertionError) with the bound ratio, the
     counterexample and a repro command when a comparison exceeds its bound, or when nothing could be judged.
     """
+    __tracebackhide__ = True  # a failure shows the user's call and the message, not this function's source
     from hypothesis import HealthCheck, given, settings, strategies as st
 
     from layer_conformance.suites.strategies import STYLES, data_source, random_array
@@ -188,6 +189,7 @@ def assert_conforms(a: Any, b: Any, *, a_params: Mapping[str, Any] | None = None
     @given(dims=layer_dims(spec, batch=batch, lengths=lengths), source=data_source(styles=draw_styles),
            cotangent_seed=st.integers(0, 2 ** 32 - 1))
     def run(dims: dict, source: tuple[str, int], cotangent_seed: int) -> None:
+        __tracebackhide__ = True
         style, seed = source
         x = random_array(np.random.default_rng(seed), dims["shape"], style, dtype)
         cotangent = None
@@ -207,7 +209,7 @@ def assert_conforms(a: Any, b: Any, *, a_params: Mapping[str, Any] | None = None
 
     try:
         run()
-    except AssertionError as error:
+    except AssertionError:
         if not failing:
             raise
         path, repro = save_counterexample(native_a, native_b, failing[-1], checks, device)
@@ -215,7 +217,7 @@ def assert_conforms(a: Any, b: Any, *, a_params: Mapping[str, Any] | None = None
         x, _, bad, style, seed = failing[-1]
         raise ConformanceError(f"assert_conforms: {_describe(bad, result)}\n  on input shape {x.shape} "
                                f"({style} data, seed {seed})\n  counterexample: {path}\n  repro: {repro}",
-                               result, path, repro) from error
+                               result, path, repro) from None
     if result.max_bound_ratio == 0.0 and result.worst is None:
         _record(result, "measured")
         raise ConformanceError(f"assert_conforms: nothing was judged: every comparison's bound is infinite "
