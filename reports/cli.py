@@ -83,6 +83,11 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keras-backends", type=_csv, default=None, metavar="LIST",
                         help=f"Keras backends to run, each in its own process (default: the installed ones of "
                              f"{','.join(KERAS_BACKENDS)})")
+    parser.add_argument("--claims", type=_csv, default=None, metavar="MODULES",
+                        help="your own claims: modules importable from the current folder, or .py files, that call "
+                             "layer_conformance.register_claims([...]) or define CLAIMS = [...]; they run under "
+                             "every check beside the catalog (installed `layer_conformance.claims` entry points "
+                             "always do)")
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the speed check (timings of every variant; sets CONFORMANCE_SPEED=0)")
     parser.add_argument("-n", "--workers", default=None, metavar="N",
@@ -133,6 +138,9 @@ def _pytest_command(args: argparse.Namespace, shard: Path, backend: str | None, 
     frameworks = shard_frameworks(args.frameworks, backend, first)
     if frameworks is not None:
         cmd += ["--conformance-frameworks", ",".join(frameworks)]
+    if args.claims:
+        cmd += ["--conformance-claims", ",".join(str(Path(c).resolve()) if c.endswith(".py") else c
+                                                 for c in args.claims)]
     if not first:  # later backends only re-run the claims that involve Keras
         cmd += ["--conformance-require", "keras"]
     cmd += ["-n", str(args.workers or default_workers()),
@@ -172,6 +180,10 @@ def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.workers is not None and args.workers not in ("auto", "logical") \
             and not (args.workers.isdigit() and int(args.workers) > 0):
         parser.error(f"-n/--workers: {args.workers!r} is not a number of workers; give a positive integer or auto")
+    for name in args.claims or ():
+        problem = _claims_problem(name)
+        if problem:
+            parser.error(f"--claims: {problem}")
     if args.timeout is not None:
         from layer_conformance.reports.flight import parse_timeout
 
@@ -179,6 +191,23 @@ def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parse_timeout(args.timeout)
         except ValueError as error:
             parser.error(f"--timeout: {error}")
+
+
+def _claims_problem(name: str) -> str | None:
+    """Why a --claims entry cannot be imported by the suites (checked without importing it), or None."""
+    if name.endswith(".py"):
+        path = Path(name)
+        return None if path.is_file() else f"no such file: {path.resolve()}; pass the path of a .py file " \
+                                           f"that registers claims"
+    sys.path.insert(0, os.getcwd())
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        found = False
+    finally:
+        sys.path.remove(os.getcwd())
+    return None if found else (f"cannot find module {name} from {os.getcwd()}; run from the folder that holds it, "
+                               f"or pass the path of its .py file")
 
 
 def _check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
