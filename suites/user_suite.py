@@ -26,12 +26,31 @@ _NARROWING = ("relation", "dtypes", "devices")
 
 
 def _check_method(check: str, claims: tuple[Claim, ...]) -> Callable[..., None]:
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
     module, name = SUITE_FUNCTIONS[check]
     suite_function = getattr(importlib.import_module(f"layer_conformance.suites.{module}"), name)
+    inner = getattr(getattr(suite_function, "hypothesis", None), "inner_test", None)
+    if inner is None:  # params, init, speed: no drawing
+        def method(self: Any, conformance_runner: Any) -> None:
+            __tracebackhide__ = True
+            suite_function(runner=conformance_runner)
+    else:
+        # the suites' own @given body, under the settings the suites run with (profiles in layer_conformance.plugin):
+        # no deadline (first calls compile) and a function-scoped runner; examples from the active profile
+        examples = settings().max_examples
+        if check == "depth":
+            from layer_conformance.suites.depth import depth_examples
 
-    def method(self: Any, conformance_runner: Any) -> None:
-        __tracebackhide__ = True
-        suite_function(runner=conformance_runner)
+            examples = depth_examples(examples)
+
+        @settings(deadline=None, max_examples=examples,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                         HealthCheck.data_too_large])
+        @given(data=st.data())
+        def method(self: Any, conformance_runner: Any, data: Any) -> None:
+            __tracebackhide__ = True
+            inner(runner=conformance_runner, data=data)
 
     method.__name__ = method.__qualname__ = f"test_{check}"
     method.__doc__ = f"The suites' {check} check of this suite's claims."
@@ -45,13 +64,15 @@ def _check_method(check: str, claims: tuple[Claim, ...]) -> Callable[..., None]:
 
 def conformance_suite(claims: Iterable[Claim], checks: Sequence[str] | None = None,
                       name: str = "TestConformance") -> type:
-    """A test class (assign it to a name that starts with `Test`) running `checks` (default: all) on `claims`.
+    """A test class (assign it to a name that starts with `Test`) running `checks` (default: every check the
+    claims have) on `claims`.
 
     The claims are validated like the catalog's; an error names the claim and the fix."""
     checked = tuple(check_claims(list(claims), "conformance_suite"))
     if not checked:
         raise CatalogError("conformance_suite: no claims given; pass a list of layer_claim(...) claims")
-    wanted = tuple(CHECKS if checks is None else checks)
+    # default: every check some claim asks for (a convolution has no depth check)
+    wanted = tuple(c for c in CHECKS if any(c in claim.checks for claim in checked)) if checks is None else tuple(checks)
     unknown = [check for check in wanted if check not in SUITE_FUNCTIONS]
     if unknown:
         raise CatalogError(f"conformance_suite: unknown checks {unknown}; choose from {', '.join(SUITE_FUNCTIONS)}")
