@@ -3,7 +3,7 @@
 A claim's input, weight and output mappings are gathers (transpose, reshape, indexing), so their
 adjoints are scatter-adds; applying a mapping to an array of indices tells where each element
 came from. The float64 reference VJP of the same layer gives the expected gradient, and the
-same VJP on absolute values gives the magnitude that scales each bound (DESIGN.md): for d input
+same VJP on absolute values gives the magnitude that scales each bound (DESIGN.md, "Tolerance is derived, not guessed"): for d input
 the sum runs over out/groups * prod(kernel) terms, for d kernel and d bias over the output positions.
 """
 from __future__ import annotations
