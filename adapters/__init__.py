@@ -25,7 +25,7 @@ FRAMEWORKS = tuple(_REGISTRY)
 _CACHE: dict[str, Adapter] = {}
 
 __all__ = ["Adapter", "Layer", "LayerSpec", "SpecError", "Weights", "DTYPES", "FRAMEWORKS",
-           "get_adapter", "class_name", "clear_programs", "convert"]
+           "get_adapter", "class_name", "clear_programs", "convert", "keras_backend"]
 
 
 def get_adapter(framework: str) -> Adapter:
@@ -41,6 +41,15 @@ def get_adapter(framework: str) -> Adapter:
                       f"install it with: pip install 'layer-conformance[{extra}]'")
             _CACHE[framework] = UnavailableAdapter(framework, reason, classes)
     return _CACHE[framework]
+
+
+def keras_backend() -> str | None:
+    """The backend Keras runs on in this process (importing Keras), or None when Keras cannot be imported."""
+    try:
+        from layer_conformance.adapters.keras import BACKEND
+    except ImportError:
+        return None
+    return BACKEND
 
 
 def clear_programs() -> None:

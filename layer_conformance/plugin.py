@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, Verbosity, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from layer_conformance.reports import recorder
+from layer_conformance.reports.arguments import split_csv as csv
 from layer_conformance.reports.flight import DEFAULT_TIMEOUT_S
 from layer_conformance.reports.recorder import conformance_record  # noqa: F401  (the fixture a test fills)
 
@@ -83,11 +84,6 @@ def default_profile() -> str:
 
 
 register_profiles()
-
-
-def csv(value: str) -> list[str]:
-    """A comma-separated option value as a list (empty items dropped)."""
-    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

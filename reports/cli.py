@@ -24,8 +24,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterator
 
+from layer_conformance.reports.arguments import ArgumentParser, check_output_folder, split_csv
 from layer_conformance.reports.cores import usable_cores
 from layer_conformance.reports.messages import headline
 from layer_conformance.reports.schema import ReportError, load_report, write_json_atomic
@@ -42,14 +43,6 @@ KERAS_BACKENDS = ("jax", "tensorflow", "torch")
 PROFILES = ("dev", "ci", "thorough", "debug")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line usage errors: `PROG: error: PROBLEM; run `PROG --help` for the options`."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; run `{self.prog} --help` for the "
-                     f"options\n")
-
-
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
@@ -59,10 +52,6 @@ def available_backends() -> list[str]:
     if not _installed("keras"):
         return []
     return [b for b in KERAS_BACKENDS if _installed(b)]
-
-
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -75,15 +64,15 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", choices=PROFILES, default=None,
                         help="hypothesis profile (default: $CONFORMANCE_PROFILE, else ci: 50 derandomized "
                              "examples per test, the same every run)")
-    parser.add_argument("--frameworks", type=_csv, default=None, metavar="LIST",
+    parser.add_argument("--frameworks", type=split_csv, default=None, metavar="LIST",
                         help="frameworks to run: torch,keras,flax.linen,flax.nnx (default: all)")
-    parser.add_argument("--dtypes", type=_csv, default=None, metavar="LIST",
+    parser.add_argument("--dtypes", type=split_csv, default=None, metavar="LIST",
                         help="dtypes: float64,float32,float16,bfloat16 (default: all)")
-    parser.add_argument("--devices", type=_csv, default=None, metavar="LIST", help="devices: cpu,gpu (default: both)")
-    parser.add_argument("--keras-backends", type=_csv, default=None, metavar="LIST",
+    parser.add_argument("--devices", type=split_csv, default=None, metavar="LIST", help="devices: cpu,gpu (default: both)")
+    parser.add_argument("--keras-backends", type=split_csv, default=None, metavar="LIST",
                         help=f"Keras backends to run, each in its own process (default: the installed ones of "
                              f"{','.join(KERAS_BACKENDS)})")
-    parser.add_argument("--claims", type=_csv, default=None, metavar="MODULES",
+    parser.add_argument("--claims", type=split_csv, default=None, metavar="MODULES",
                         help="your own claims: modules importable from the current folder, or .py files, that call "
                              "layer_conformance.register_claims([...]) or define CLAIMS = [...]; they run under "
                              "every check beside the catalog (installed `layer_conformance.claims` entry points "
@@ -210,17 +199,6 @@ def _claims_problem(name: str) -> str | None:
                                f"or pass the path of its .py file")
 
 
-def _check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        parser.exit(2, f"{parser.prog}: error: cannot write to output folder {out} ({exc.strerror or exc}); "
-                       f"choose a writable --out\n")
-
-
 class _Forwarder:
     """While `run` works: SIGINT/SIGTERM are noted and passed on to the running pytest child.
 
@@ -308,7 +286,7 @@ def run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _check_run_args(parser, args)
     out = Path(args.out)
-    _check_output_folder(parser, out)
+    check_output_folder(parser, out)
     backends = args.keras_backends or available_backends() or [None]
     unknown = [b for b in backends if b is not None and b not in KERAS_BACKENDS]
     if unknown:

@@ -838,7 +838,7 @@ def _skip_pattern(text: str) -> re.Pattern[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from layer_conformance.reports.cli import ArgumentParser
+    from layer_conformance.reports.arguments import ArgumentParser
 
     parser = ArgumentParser(
         prog="conformance compare",

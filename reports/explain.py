@@ -263,7 +263,7 @@ def _parse_call(source: str) -> tuple[str, list[Any], dict[str, Any]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from layer_conformance.reports.cli import ArgumentParser
+    from layer_conformance.reports.arguments import ArgumentParser
 
     parser = ArgumentParser(
         prog="conformance explain",

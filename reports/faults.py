@@ -21,7 +21,7 @@ FAULT_FAILING = ("failed", "error")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from layer_conformance.reports.cli import ArgumentParser
+    from layer_conformance.reports.arguments import ArgumentParser
 
     parser = ArgumentParser(
         prog="conformance faults",
@@ -127,14 +127,9 @@ def main(argv: list[str]) -> int:
     else:
         faults = list(FAULTS)
     out = Path(args.out)
-    try:  # before any suite runs: the results are written at the very end
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        parser.exit(2, f"conformance faults: error: cannot write to output folder {out} ({exc.strerror or exc}); "
-                       f"choose a writable --out\n")
+    from layer_conformance.reports.arguments import check_output_folder
+
+    check_output_folder(parser, out)  # before any suite runs: the results are written at the very end
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"), KERAS_BACKEND="tensorflow")
     rows = []
     for fault in faults:

@@ -61,7 +61,7 @@ def _overwrite(fd: int, data: bytes) -> None:
 def _call_line(stage: str, framework: str, variant: str, spec: Any, input_shape: tuple[int, ...] | None) -> bytes:
     """The call's JSON line up to its time stamp (without the closing brace): the same for every
     example of a geometry, so serialized once."""
-    from layer_conformance.suites.counterexamples import spec_to_json
+    from layer_conformance.suites.serialize import spec_to_json
 
     line = json.dumps({"stage": stage, "framework": framework, "variant": variant, "layer": spec.describe(),
                        "spec": spec_to_json(spec), "input_shape": None if input_shape is None else list(input_shape)})
@@ -298,7 +298,7 @@ def save_crash(folder: Path, arrays: dict[str, np.ndarray], call: dict[str, Any]
                reason: str, timeout_s: float | None) -> dict[str, Any]:
     """`<stem>.crash.npz` (the call's arrays and its description) and `<stem>.crash.py`, which makes the
     call once in a fresh process: its exit status is the crash's, so `conformance repro` can tell."""
-    from layer_conformance.suites.counterexamples import counterexample_stem
+    from layer_conformance.suites.serialize import counterexample_stem
 
     folder.mkdir(parents=True, exist_ok=True)
     stem = counterexample_stem(row["nodeid"], row.get("keras_backend")) + ".crash"
@@ -338,7 +338,7 @@ os.environ.setdefault("KERAS_BACKEND", {backend!r})
 
 def main(path):
     from layer_conformance.adapters import get_adapter
-    from layer_conformance.suites.counterexamples import spec_from_json
+    from layer_conformance.suites.serialize import spec_from_json
 
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))

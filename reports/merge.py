@@ -135,7 +135,7 @@ def merge_reports(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from layer_conformance.reports.cli import ArgumentParser
+    from layer_conformance.reports.arguments import ArgumentParser
 
     parser = ArgumentParser(
         prog="conformance merge",

@@ -15,7 +15,7 @@ from layer_conformance.reports.schema import ReportError, load_report
 
 
 def _parser() -> argparse.ArgumentParser:
-    from layer_conformance.reports.cli import ArgumentParser
+    from layer_conformance.reports.arguments import ArgumentParser
 
     parser = ArgumentParser(
         prog="conformance report",
@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    from layer_conformance.reports.cli import _check_output_folder
+    from layer_conformance.reports.arguments import check_output_folder
 
     out = Path(args.out)
-    _check_output_folder(parser, out)  # one line and exit 2 when it cannot be written
+    check_output_folder(parser, out)  # one line and exit 2 when it cannot be written
     from layer_conformance.reports.html import write_html
     from layer_conformance.reports.markdown import write_markdown
 

@@ -20,12 +20,8 @@ class _Unusable(Exception):
     """Input that cannot be re-run; main prints the message as one line and exits 2."""
 
 
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def _parser() -> argparse.ArgumentParser:
-    from layer_conformance.reports.cli import ArgumentParser
+    from layer_conformance.reports.arguments import ArgumentParser, split_csv
 
     parser = ArgumentParser(
         prog=PROG,
@@ -33,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                     "the report) against the float64 reference, with the frameworks installed here. Exit status: "
                     "1 if the failure reproduces, 0 if it no longer does, 2 if the file cannot be used.")
     parser.add_argument("path", metavar="PATH", help="counterexample .npz")
-    parser.add_argument("--frameworks", type=_csv, default=None, metavar="LIST",
+    parser.add_argument("--frameworks", type=split_csv, default=None, metavar="LIST",
                         help="re-run only these frameworks' variants: torch,keras,flax.linen,flax.nnx (default: all)")
     return parser
 
@@ -43,7 +39,7 @@ def _format(value: Any, spec: str = ".3g") -> str:
 
 
 def _print_header(saved: dict[str, Any]) -> None:
-    from layer_conformance.suites.counterexamples import describe_dims
+    from layer_conformance.suites.strategies import describe_dims
 
     meta = saved["meta"]
     print(f"counterexample {saved['path']}")
@@ -105,7 +101,8 @@ def _rerun(saved: dict[str, Any], frameworks: list[str] | None) -> int:
     if meta.get("keras_backend") and "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", meta["keras_backend"])  # the backend the failure was seen on
 
-    from layer_conformance.suites.harness import Case, evaluate_example
+    from layer_conformance.suites.harness import evaluate_example
+    from layer_conformance.suites.outcomes import Case
 
     runnable, skipped = _select(claim, saved, frameworks)
     failed_before = [v["label"] for v in saved["variants"] if v.get("failed")]

@@ -277,7 +277,7 @@ def _folder() -> Path:
 def save_counterexample(a: NativeLayer, b: NativeLayer, failing: tuple, checks: Sequence[str],
                         device: str) -> tuple[Path, str]:
     """The failing example as an .npz (input, both layers' weights, cotangent, geometry) and its repro command."""
-    from layer_conformance.suites.counterexamples import spec_to_json
+    from layer_conformance.suites.serialize import spec_to_json
 
     x, cotangent, bad, style, seed = failing
     meta = {"schema": "layer-conformance/conforms/v1", "a": {"framework": a.framework, "description": a.description},
@@ -298,7 +298,7 @@ def save_counterexample(a: NativeLayer, b: NativeLayer, failing: tuple, checks: 
 def replay(path: str | os.PathLike[str]) -> int:
     """`python -m layer_conformance.suites.conforms FILE.npz`: the saved example again; 1 if it still fails."""
     from layer_conformance.adapters.spec import numpy_dtype
-    from layer_conformance.suites.counterexamples import spec_from_json
+    from layer_conformance.suites.serialize import spec_from_json
 
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))

@@ -27,6 +27,7 @@ from packaging.version import InvalidVersion, Version
 
 from layer_conformance.adapters.spec import LayerSpec
 from layer_conformance.suites.bounds import UNIT_ROUNDOFF, bound_ratio
+from layer_conformance.adapters import keras_backend
 from layer_conformance.suites.known_crashes import (TF_GROUPED_DILATED_ABORT_SCRIPT, TORCH_BF16_ONEDNN_SCRIPT,
                                   TORCH_F32_ONEDNN_BIAS_SCRIPT, KnownCrash, installed_version,
                                   torch_bf16_onednn_crash, torch_f32_onednn_bias_crash)
@@ -272,12 +273,6 @@ _validate(DIVERGENCES)
 
 
 # ---- matching ---------------------------------------------------------------------------------------
-def keras_backend() -> str | None:
-    from layer_conformance.adapters.keras import BACKEND
-
-    return BACKEND
-
-
 def installed_versions(divergence: Divergence) -> dict[str, str | None]:
     return {package: installed_version(package) for package in divergence.versions}
 

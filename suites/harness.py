@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from layer_conformance.adapters import get_adapter, reference
+from layer_conformance.adapters import get_adapter, keras_backend, reference
 from layer_conformance.adapters.spec import LayerSpec, Weights
 from layer_conformance.suites.accumulation import accumulator, not_judged_reason
 from layer_conformance.suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound, layer_error_bound, vacuous
-from layer_conformance.suites.catalog import Claim, Reference, ReferenceMemo, Variant, evaluate_reference
+from layer_conformance.suites.catalog import Reference, ReferenceMemo, Variant, evaluate_reference
 from layer_conformance.suites.divergences import Divergence, by_id, ceiling_failure, divergence_for, expect_raise
-from layer_conformance.suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, geometry_key, geometry_pool,
+from layer_conformance.suites.outcomes import Case, ExampleOutcome, VariantOutcome
+from layer_conformance.suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, describe_dims, geometry_key, geometry_pool,
                                random_array)
 
 MAX_SAMPLES = 400  # per result, for the report's plots
@@ -47,18 +48,6 @@ def freeze_imports() -> None:
         gc.collect()
         gc.freeze()
         _FROZEN_FRAMEWORKS.update(imported)
-
-
-class Case(NamedTuple):
-    """One parametrization of a check: a claim in a dtype on a device."""
-
-    claim: Claim
-    dtype: str
-    device: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.claim.id}-{self.dtype}-{self.device}"
 
 
 @dataclass
@@ -107,7 +96,7 @@ class ClaimRunner:
                 self.skipped[variant.label(example)] = reason
         self.runnable = [v for v in claim.variants if v.label(example) not in self.skipped]
         self.record["variants"] = [v.name(example) for v in self.runnable]
-        self.record["keras_backend"] = _keras_backend() if any(v.framework == "keras" for v in self.runnable) else None
+        self.record["keras_backend"] = keras_backend() if any(v.framework == "keras" for v in self.runnable) else None
         if not self.runnable:
             pytest.skip("; ".join(sorted(set(self.skipped.values()))))
         self.dims: st.SearchStrategy[Dims] = claim.dims
@@ -409,7 +398,7 @@ class ClaimRunner:
     def _fail(self, what: str, failures: list[str], dims: Dims, style: str | None = None) -> None:
         __tracebackhide__ = True
         claim, dtype, device = self.case
-        example = _describe_dims(dims) + (f", data style={style}" if style else "")
+        example = describe_dims(dims) + (f", data style={style}" if style else "")
         more = f" (and {len(failures) - 1} more below)" if len(failures) > 1 else ""
         # first line: what failed, by how much, on which example; the report shows it above the full text
         raise AssertionError(f"{failures[0]}{more}; example: {example}\n"
@@ -441,9 +430,9 @@ class ClaimRunner:
         expected = claim.variants[0].spec(dims).param_count()
         self.record.update({"examples": 1, "params": counts, "expected_params": expected,
                             "max_abs_error": float(max(abs(c - expected) for c in counts.values())),
-                            "max_bound_ratio": None, "dims": _describe_dims(dims)})
+                            "max_bound_ratio": None, "dims": describe_dims(dims)})
         wrong = {label: count for label, count in counts.items() if count != expected}
-        assert not wrong, (f"claim {claim.id}: parameter counts differ at {_describe_dims(dims)}: expected {expected} "
+        assert not wrong, (f"claim {claim.id}: parameter counts differ at {describe_dims(dims)}: expected {expected} "
                            f"(from {claim.variants[0].label(dims)}), got {wrong}")
 
     # ---- bookkeeping --------------------------------------------------------------------------
@@ -526,48 +515,6 @@ class ClaimRunner:
         self._publish_divergences()
         record["separation"] = None if self.separation == float("inf") else _finite(self.separation)
         record["duration"] = round(time.perf_counter() - self.started, 3)
-
-
-@dataclass
-class VariantOutcome:
-    """One variant on one example; layer-level arrays are what a standalone reproduction needs."""
-
-    label: str
-    framework: str
-    spec: LayerSpec
-    layer_x: np.ndarray
-    layer_w: Weights
-    layer_y: np.ndarray  # the framework's output, float64, layer layout
-    layer_reference: np.ndarray  # float64 reference of the same layer on the same values
-    layer_bound: np.ndarray
-    y: np.ndarray  # claim layout
-    bound: np.ndarray  # claim layout
-    error: float
-    ratio: float
-    failure: str | None = None
-    divergence: str | None = None  # id of the documented divergence this variant showed
-    ceiling_ratio: float = 0.0  # under a divergence: its error against the divergence's ceiling
-    not_judged: str | None = None  # why its output was measured but not judged (an infinite bound)
-
-
-@dataclass
-class ExampleOutcome:
-    case: Case
-    dims: Dims
-    x: np.ndarray
-    weights: Weights
-    variants: list[VariantOutcome] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    separation: float | None = None
-    failures: list[str] = field(default_factory=list)
-    device_agreement: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> (error, ratio)
-    accumulation: dict[str, str | None] = field(default_factory=dict)  # label -> what its probe found (accumulator)
-
-    def message(self, style: str | None = None) -> str:
-        claim, dtype, device = self.case
-        text = (f"claim {claim.id} [{dtype}, {device}] ({claim.relation}): {claim.title}\n  "
-                + "\n  ".join(self.failures) + f"\n  dims={_describe_dims(self.dims)}")
-        return text + (f", data style={style}" if style else "")
 
 
 class _Ran(NamedTuple):
@@ -688,16 +635,6 @@ def _single_sample(dims: Dims) -> Dims:
 def _finite(value: float) -> float | None:
     """JSON has no inf/nan: the report stores null for a non-finite number."""
     return float(value) if np.isfinite(value) else None
-
-
-def _keras_backend() -> str:
-    from layer_conformance.adapters.keras import BACKEND
-
-    return BACKEND
-
-
-def _describe_dims(dims: Dims) -> str:
-    return ", ".join(f"{k}={v.describe() if isinstance(v, LayerSpec) else v}" for k, v in dims.items())
 
 
 def _failure_line(label: str, spec: LayerSpec, dtype: str, y: np.ndarray, expected: np.ndarray,

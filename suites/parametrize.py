@@ -13,7 +13,8 @@ import pytest
 
 from layer_conformance.reports import flight
 from layer_conformance.reports.recorder import counterexample_folder, record_environment
-from layer_conformance.suites.harness import Case, ClaimRunner, freeze_imports
+from layer_conformance.suites.harness import ClaimRunner, freeze_imports
+from layer_conformance.suites.outcomes import Case
 from layer_conformance.suites.strategies import configured_pool_size
 
 FIXTURE = "conformance_runner"

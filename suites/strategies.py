@@ -267,6 +267,11 @@ def dense_dims() -> st.SearchStrategy[Dims]:
         sizes, st.booleans()), strategy_features(sizes))
 
 
+def describe_dims(dims: Dims) -> str:
+    """An example's sizes in one line: `B=2, L=5, spec=conv1d(...)`."""
+    return ", ".join(f"{k}={v.describe() if isinstance(v, LayerSpec) else v}" for k, v in dims.items())
+
+
 def random_array(rng: np.random.Generator, shape: tuple[int, ...], style: str, dtype: str) -> np.ndarray:
     """Data in the dtype under test: the reference later runs on exactly these rounded values."""
     if style == "normal":
