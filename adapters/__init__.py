@@ -56,7 +56,7 @@ def clear_programs() -> None:
     """Drop every compiled layer program (Flax, Keras on jax) of the frameworks imported so far.
 
     Programs trace the framework's ops once per geometry; after monkeypatching those ops in a live
-    process (a fault injected by layer_conformance.suites.fault_plugin) they must be traced again. Built layers kept
+    process (a fault injected by layer_conformance.mutation.plugin) they must be traced again. Built layers kept
     for reuse go too.
     """
     import sys

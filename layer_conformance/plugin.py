@@ -124,7 +124,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="modules (importable from the current folder, or .py paths) that register user claims "
                          "(layer_conformance.register_claims): the suites run them beside the catalog")
     group.addoption("--conformance-fault", default=None, metavar="ID",
-                    help="monkeypatch the framework with this fault (layer_conformance.suites.faults) for the "
+                    help="monkeypatch the framework with this fault (layer_conformance.mutation.faults) for the "
                          "whole run: mutation testing of the suite")
 
 
@@ -156,7 +156,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "selftest: a self-test of the harness (tests/)")
     recorder.configure(config)
     if config.getoption("--conformance-fault"):
-        config.pluginmanager.import_plugin("layer_conformance.suites.fault_plugin")  # installs the fault now
+        config.pluginmanager.import_plugin("layer_conformance.mutation.plugin")  # installs the fault now
 
 
 def _load_claims(config: pytest.Config) -> None:

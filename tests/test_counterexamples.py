@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from layer_conformance import adapters
-from planting import FaultyAdapter
+from layer_conformance.mutation.planting import FaultyAdapter
 from layer_conformance.adapters import get_adapter
 
 from layer_conformance.adapters.spec import LayerSpec

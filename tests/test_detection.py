@@ -17,7 +17,7 @@ from layer_conformance.suites.catalog import CLAIMS_BY_ID, Claim, Variant
 from layer_conformance.suites.harness import Case, ClaimRunner
 from layer_conformance.suites.strategies import conv_dims
 
-from planting import Fault, FaultyAdapter
+from layer_conformance.mutation.planting import Fault, FaultyAdapter
 
 
 def run_claim(claim: Claim, dtype: str = "float32", examples: int = 25, check: str = "forward") -> dict:

@@ -28,7 +28,7 @@ from layer_conformance.suites.catalog import CLAIMS_BY_ID
 from layer_conformance.suites.divergences import Ceiling, Divergence, Raises, by_id
 from layer_conformance.suites.harness import Case, ClaimRunner, evaluate_example
 from layer_conformance.suites.known_crashes import KnownCrash, Recheck, recheck, torch_bf16_onednn_crash
-from tests.planting import FaultyAdapter
+from layer_conformance.mutation.planting import FaultyAdapter
 
 ROOT = Path(__file__).resolve().parent.parent
 OBSERVED = {"torch": "2.13.0+cpu", "keras": "3.15.1", "tensorflow": "2.21.0"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layer_conformance.suites.faults import FAULTS, FAULTS_BY_ID, PERTURB_MIN_SIZE
+from layer_conformance.mutation.faults import FAULTS, FAULTS_BY_ID, PERTURB_MIN_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(0)
@@ -192,7 +192,7 @@ def test_compiled_layers_see_a_fault_installed_later():
 
 def test_benign_runs_are_sized_to_the_required_examples(monkeypatch):
     """The per-test number of examples times the tests selected covers the total asked for."""
-    import layer_conformance.reports.faults as faults_cli
+    import layer_conformance.mutation.score as faults_cli
 
     collected = "suites/test_batch.py: 5\nsuites/test_forward.py: 5\nsuites/test_gradient.py: 3\n"
     monkeypatch.setattr(faults_cli.subprocess, "run",

@@ -41,7 +41,7 @@ import pytest
 from hypothesis import Phase, settings
 
 from layer_conformance import adapters
-from planting import FaultyAdapter
+from layer_conformance.mutation.planting import FaultyAdapter
 
 
 def drop_wide_bias(spec, weights):

@@ -2,7 +2,7 @@
 
 layer_conformance.plugin registers this module when the option is given, in its own pytest_configure
 (after the option checks, before collection and before any adapter builds a layer), which calls this
-module's pytest_configure: the fault (suites/faults.py) is installed. xdist workers get the same options
+module's pytest_configure: the fault (layer_conformance/mutation/faults.py) is installed. xdist workers get the same options
 and install it too.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
     fault_id = config.getoption("--conformance-fault")
     if not fault_id:
         return
-    from layer_conformance.suites.faults import FAULTS_BY_ID
+    from layer_conformance.mutation.faults import FAULTS_BY_ID
 
     fault = FAULTS_BY_ID.get(fault_id)
     if fault is None:

@@ -1,41 +1,21 @@
-"""`conformance faults`: inject framework-level faults, run the relevant suites under each, score them.
+"""The mutation score: inject framework-level faults, run the relevant suites under each, score them
+(`conformance faults`; its command line is layer_conformance/cli/faults.py).
 
 A fault is CAUGHT when any result of its run failed; a benign perturbation passes when no result
 failed or errored over at least --benign-examples examples (run under the `thorough` profile).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from layer_conformance.reports.schema import ReportError, load_report, write_json_atomic
 
-PROFILES = ("dev", "ci", "thorough", "debug")
 FAULT_FAILING = ("failed", "error")
-
-
-def _parser() -> argparse.ArgumentParser:
-    from layer_conformance.reports.arguments import ArgumentParser
-
-    parser = ArgumentParser(
-        prog="conformance faults",
-        description="Monkeypatch the frameworks with each fault of suites/faults.py, run the suites that exercise "
-                    "the patched op, and print the mutation score (caught faults / faults) and whether the benign "
-                    "perturbations passed. Exit 0 when every fault is caught and every benign one passes.")
-    parser.add_argument("--faults", default=None, metavar="ID,...", help="fault ids (default: all)")
-    parser.add_argument("--profile", choices=PROFILES, default="ci",
-                        help="hypothesis profile for the faults (default: %(default)s); benign ones run `thorough`")
-    parser.add_argument("--out", default="conformance-faults", metavar="DIR", help="output folder (default: %(default)s)")
-    parser.add_argument("--benign-examples", type=int, default=1000, metavar="N",
-                        help="examples a benign perturbation must pass (default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true", help="hide the pytest output of each run")
-    return parser
 
 
 def pytest_command(fault: Any, report: Path, profile: str) -> list[str]:
@@ -109,44 +89,28 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str]) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.benign_examples < 0:
-        parser.error(f"--benign-examples must be >= 0, got {args.benign_examples}")
-    from layer_conformance.suites.faults import FAULTS, FAULTS_BY_ID
-
-    if args.faults is not None:
-        wanted = [f.strip() for f in args.faults.split(",") if f.strip()]
-        unknown = [f for f in wanted if f not in FAULTS_BY_ID]
-        if unknown or not wanted:
-            problem = f"unknown fault(s) {', '.join(unknown)}" if unknown else "--faults names no fault"
-            print(f"conformance faults: error: {problem}; choose from {', '.join(FAULTS_BY_ID)}", file=sys.stderr)
-            return 2
-        faults = [FAULTS_BY_ID[f] for f in wanted]
-    else:
-        faults = list(FAULTS)
-    out = Path(args.out)
-    from layer_conformance.reports.arguments import check_output_folder
-
-    check_output_folder(parser, out)  # before any suite runs: the results are written at the very end
+def score_faults(faults: list[Any], out: Path, *, profile: str = "ci", benign_examples: int = 1000,
+                 quiet: bool = False) -> int:
+    """Run the suites under each fault (faults: `profile`; benign ones: `thorough`, with enough examples per
+    test for `benign_examples` in all), print the table and the mutation score, write faults.md and
+    faults.json into `out`. 0 when every fault is caught and every benign perturbation passed, else 1."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"), KERAS_BACKEND="tensorflow")
     rows = []
     for fault in faults:
         report_path = out / f"fault-{fault.id}.json"
         report_path.unlink(missing_ok=True)
-        profile = "thorough" if fault.kind == "benign" else args.profile
+        profile = "thorough" if fault.kind == "benign" else profile
         run_env = env
         if fault.kind == "benign":  # enough examples per test for --benign-examples over the selected tests
-            per_test = benign_examples_per_test(fault, args.benign_examples, env)
+            per_test = benign_examples_per_test(fault, benign_examples, env)
             run_env = dict(env, CONFORMANCE_EXAMPLES=str(per_test))
             profile += f", {per_test} examples per test"
         print(f"conformance faults: {fault.id} ({fault.kind}, profile {profile})", flush=True)
         started = time.perf_counter()
         code = subprocess.call(pytest_command(fault, report_path, profile.split(",")[0]), env=run_env,
-                               stdout=subprocess.DEVNULL if args.quiet else None)
+                               stdout=subprocess.DEVNULL if quiet else None)
         try:
-            row = judge(fault, load_report(report_path), args.benign_examples)
+            row = judge(fault, load_report(report_path), benign_examples)
         except ReportError as exc:  # the run itself broke: neither caught nor passed, say why
             row = {"id": fault.id, "framework": fault.framework, "kind": fault.kind, "description": fault.description,
                    "results": 0, "examples": 0, "caught_by": [], "caught_by_checks": [],
@@ -165,7 +129,7 @@ def main(argv: list[str]) -> int:
     (out / "faults.md").write_text(_markdown(rows, score, benign_text), encoding="utf-8")
     write_json_atomic(out / "faults.json", {"mutation_score": caught / len(real) if real else None, "caught": caught,
                                             "faults": len(real), "benign_passed": sum(r["passed"] for r in benign),
-                                            "benign": len(benign), "benign_examples_required": args.benign_examples,
+                                            "benign": len(benign), "benign_examples_required": benign_examples,
                                             "results": rows})
     print(f"conformance faults: wrote {out / 'faults.md'} and {out / 'faults.json'}")
     return 0 if caught == len(real) and all(r["passed"] for r in benign) else 1
