@@ -317,7 +317,7 @@ _PROBE = """
 import json, sys, time
 start = time.perf_counter()
 sys.argv = ["conformance"] + json.loads(sys.argv[1])
-from layer_conformance.reports.cli import main
+from layer_conformance.cli import main
 try:
     code = main()
 except SystemExit as exc:

@@ -13,7 +13,8 @@ The stable API is `__all__` below (everything else is internal and may change):
 
 The package's parts: `layer_conformance.adapters` (frameworks behind one protocol, the float64
 reference), `layer_conformance.suites` (claims, strategies, bounds, checks), `layer_conformance.reports`
-(reports, the gate, the command line) and `layer_conformance.plugin` (the pytest plugin). Importing
+(reports, the gate), `layer_conformance.cli` (the command line, one module per command) and
+`layer_conformance.plugin` (the pytest plugin). Importing
 this package imports no framework; the names below load on first use.
 """
 from __future__ import annotations

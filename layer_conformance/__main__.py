@@ -1,6 +1,6 @@
 """`python -m layer_conformance` is the `conformance` command."""
 import sys
 
-from layer_conformance.reports.cli import main
+from layer_conformance.cli import main
 
 sys.exit(main())

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Verbosity, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from layer_conformance.reports import recorder
-from layer_conformance.reports.arguments import split_csv as csv
+from layer_conformance.cli.arguments import split_csv as csv
 from layer_conformance.reports.flight import DEFAULT_TIMEOUT_S
 from layer_conformance.reports.recorder import conformance_record  # noqa: F401  (the fixture a test fills)
 

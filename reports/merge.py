@@ -1,4 +1,5 @@
-"""`conformance merge`: join shard reports (xdist workers, CI matrix jobs, Keras backends) into one.
+"""Join shard reports (xdist workers, CI matrix jobs, Keras backends) into one (`conformance merge`, its
+command line in layer_conformance.cli.merge).
 
 Rules:
 
@@ -16,16 +17,12 @@ Rules:
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from datetime import datetime, timezone
 from typing import Any
 
 from layer_conformance.reports.compare import result_key, severity
-from layer_conformance.reports.schema import (
-    SCHEMA, ReportError, load_report, require_results, summarize, validate_report, write_json_atomic,
-)
+from layer_conformance.reports.schema import SCHEMA, summarize, validate_report
 
 
 def _leaf_shards(name: str, report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -132,42 +129,3 @@ def merge_reports(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     if any("divergences" in report for _, report in named):
         merged["divergences"] = _merged_divergences([report for _, report in named])
     return validate_report(merged, "merged report")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from layer_conformance.reports.arguments import ArgumentParser
-
-    parser = ArgumentParser(
-        prog="conformance merge",
-        description="Merge shard report.json files (xdist workers, CI jobs, Keras backends) into one report.")
-    parser.add_argument("inputs", nargs="+", metavar="REPORT.json", help="shard reports to merge")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.json", help="merged report to write")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        named = [(path, require_results(load_report(path), path)) for path in args.inputs]
-        merged = merge_reports(named)
-    except ReportError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        write_json_atomic(args.output, merged)
-    except OSError as exc:
-        print(f"{parser.prog}: error: cannot write {args.output} ({exc.__class__.__name__}: "
-              f"{exc.strerror or exc}); choose a writable -o path", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # NaN/inf read from an input cannot be written as strict JSON
-        print(f"{parser.prog}: error: cannot write {args.output}: {exc}; an input report holds a "
-              f"non-finite number, re-run the shard that wrote it", file=sys.stderr)
-        return 2
-    counts = ", ".join(f"{status}={count}" for status, count in merged["summary"].items())
-    print(f"merged {len(merged['results'])} results from {len(named)} reports into {args.output} ({counts})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from layer_conformance.reports.cli import main
+from layer_conformance.cli import main
 from layer_conformance.reports.schema import load_report
 
 FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "jax", "flax")
@@ -21,7 +21,7 @@ def test_help_and_compare_import_no_framework(tmp_path):
     path.write_text(json.dumps(report))
     code = (
         "import sys\n"
-        "from layer_conformance.reports.cli import main\n"
+        "from layer_conformance.cli import main\n"
         "for argv in (['--help'], ['compare', '--help'], ['compare', sys.argv[1], sys.argv[1]]):\n"
         "    try:\n"
         "        main(argv)\n"
@@ -94,7 +94,7 @@ def test_merged_shards_equal_a_single_run(tmp_path):
 
 
 def test_later_backends_rerun_keras_beside_the_framework_it_runs_on():
-    from layer_conformance.reports.cli import shard_frameworks
+    from layer_conformance.cli.run import shard_frameworks
 
     assert shard_frameworks(None, "tensorflow", True) is None  # the first run: everything
     assert shard_frameworks(["torch", "keras"], "jax", True) == ["torch", "keras"]

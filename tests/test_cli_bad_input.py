@@ -3,7 +3,7 @@
 The matrix is command x case. A case that cannot apply to a command (`run` and `faults` read no
 file) is a visible skip with the reason, and `test_file_arguments_are_the_declared_ones` fails as
 soon as a command grows a file argument the matrix does not know about. Everything runs in-process
-through `layer_conformance.reports.cli.main`; no framework is imported and no suite is started.
+through `layer_conformance.cli.main`; no framework is imported and no suite is started.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from layer_conformance.adapters.spec import LayerSpec
-from layer_conformance.reports import cli, compare, explain, faults, merge, render, repro
-from layer_conformance.reports.cli import main
+from layer_conformance.cli import compare, explain, faults, main, merge, report, repro, run
 from layer_conformance.reports.schema import SCHEMA
 from layer_conformance.suites.counterexamples import SCHEMA as COUNTEREXAMPLE_SCHEMA, dims_to_json, spec_to_json
 
@@ -38,9 +37,9 @@ ARGUMENTS = {
     "report": ({"out"}, {"report"}, {"help"}),
     "explain": (set(), {"output", "reference", "x", "weights", "magnitude"}, {"help", "spec", "dtype", "u_eff"}),
 }
-PARSERS: dict[str, Callable] = {"run": cli._run_parser, "compare": compare.build_parser,
-                                "merge": merge.build_parser, "repro": repro._parser, "faults": faults._parser,
-                                "report": render._parser, "explain": explain._parser}
+PARSERS: dict[str, Callable] = {"run": run.build_parser, "compare": compare.build_parser,
+                                "merge": merge.build_parser, "repro": repro.build_parser, "faults": faults.build_parser,
+                                "report": report.build_parser, "explain": explain.build_parser}
 EXPLAIN_FILES = "reads arrays, not reports: its file cases are tests/test_explain.py's (missing, unreadable, shapes)"
 
 
@@ -214,7 +213,7 @@ def test_file_arguments_are_the_declared_ones():
 
 def test_repro_has_no_output_argument():
     assert not ARGUMENTS["repro"][0]
-    assert "--output" not in repro._parser().format_help() and "--out " not in repro._parser().format_help()
+    assert "--output" not in repro.build_parser().format_help() and "--out " not in repro.build_parser().format_help()
 
 
 OTHER_BAD_ARGUMENTS = [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from layer_conformance.reports import compare, merge
+from layer_conformance.cli import compare, merge
 from layer_conformance.reports.compare import compare_reports, result_key
 from layer_conformance.reports.merge import merge_reports
 from layer_conformance.reports.schema import SCHEMA, summarize, validate_report

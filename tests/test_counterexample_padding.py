@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from layer_conformance import adapters
 from layer_conformance.adapters import get_adapter
 from layer_conformance.adapters.spec import LayerSpec
+from layer_conformance.cli import main as cli_main
 from layer_conformance.mutation.planting import FaultyAdapter
-from layer_conformance.reports.cli import main as cli_main
 from layer_conformance.suites.bounds import error_bound
 from layer_conformance.suites.catalog import CLAIMS, CLAIMS_BY_ID, evaluate_reference
 from layer_conformance.suites.counterexamples import (

@@ -25,7 +25,7 @@ from layer_conformance.mutation.planting import FaultyAdapter
 from layer_conformance.adapters import get_adapter
 
 from layer_conformance.adapters.spec import LayerSpec
-from layer_conformance.reports.cli import main as cli_main
+from layer_conformance.cli import main as cli_main
 from layer_conformance.suites.catalog import CLAIMS_BY_ID
 from layer_conformance.suites.counterexamples import (
     CounterexampleError, counterexample_stem, dims_from_json, dims_to_json, load_counterexample,
@@ -367,8 +367,8 @@ def test_repro_and_saving_import_no_framework(tmp_path):
     """`conformance repro --help` and bad input stay fast: frameworks load only to re-run."""
     code = (
         "import sys\n"
-        "import layer_conformance.suites.counterexamples, layer_conformance.reports.repro\n"
-        "from layer_conformance.reports.cli import main\n"
+        "import layer_conformance.suites.counterexamples, layer_conformance.cli.repro\n"
+        "from layer_conformance.cli import main\n"
         "try:\n"
         "    main(['repro', '--help'])\n"
         "except SystemExit:\n"

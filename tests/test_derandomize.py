@@ -104,7 +104,7 @@ def test_example_database_location(tmp_path, setting, expected):
 
 def test_conformance_run_hands_pytest_an_absolute_database_path(tmp_path, monkeypatch):
     """`conformance run` starts pytest in the project folder: a relative path means the caller's folder."""
-    from layer_conformance.reports.cli import _child_environment
+    from layer_conformance.cli.run import _child_environment
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CONFORMANCE_HYPOTHESIS_DB", "cache/examples")

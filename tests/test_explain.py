@@ -15,7 +15,7 @@ import pytest
 
 from layer_conformance.adapters import reference
 from layer_conformance.adapters.spec import LayerSpec, SpecError
-from layer_conformance.reports.cli import main
+from layer_conformance.cli import main
 from layer_conformance.reports.explain import Explanation, bound_ratio, parse_spec
 from layer_conformance.suites.bounds import DECLARED_ROUNDOFF, UNIT_ROUNDOFF, bound_coefficient, error_bound, roundoff
 from layer_conformance.suites.counterexamples import spec_to_json

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from layer_conformance.reports import compare
+from layer_conformance.cli import compare
 from layer_conformance.reports.compare import compare_reports
 from test_compare_merge import make_report, make_result, run_compare
 

@@ -307,21 +307,22 @@ def test_guard_takes_repeats_as_one_request(monkeypatch):
 
 DRIVER = '''
 import sys
-import layer_conformance.reports.cli as cli
+from layer_conformance.cli import main, run
+from layer_conformance.suites import SUITES_DIR
 
 module, rootdir = sys.argv[1], sys.argv[2]
-original = cli._pytest_command
+original = run._pytest_command
 
 
 def command(args, shard, backend, first):  # the real command, on the tiny module instead of the suites
     cmd = original(args, shard, backend, first)
-    cmd[cmd.index(str(cli.ROOT / "suites"))] = module
+    cmd[cmd.index(str(SUITES_DIR))] = module
     cmd[cmd.index("--rootdir") + 1] = rootdir
     return cmd[:1] + ["-u"] + cmd[1:] + ["-p", "layer_conformance.plugin", "-v"]
 
 
-cli._pytest_command = command
-sys.exit(cli.main(sys.argv[3:]))
+run._pytest_command = command
+sys.exit(main(sys.argv[3:]))
 '''
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from test_compare_merge import make_report, make_result
 
-from layer_conformance.reports.cli import COMMANDS, main
+from layer_conformance.cli import COMMANDS, main
 from layer_conformance.reports.html import render_html
 from layer_conformance.reports.markdown import render_markdown
 from layer_conformance.reports.merge import merge_reports

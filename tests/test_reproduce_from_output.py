@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from layer_conformance import adapters
-from layer_conformance.reports.cli import main as cli_main
+from layer_conformance.cli import main as cli_main
 from layer_conformance.reports.schema import load_report
 
 ROOT = Path(__file__).resolve().parent.parent

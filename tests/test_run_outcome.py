@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from layer_conformance.reports import progress
-from layer_conformance.reports.cli import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, _mark_incomplete, run_exit_code, \
+from layer_conformance.cli.run import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, _mark_incomplete, run_exit_code, \
     run_summary
+from layer_conformance.reports import progress
 from layer_conformance.reports.schema import summarize
 
 

@@ -1,12 +1,9 @@
-"""`conformance` command line: run the suites, compare and merge reports.
+"""`conformance run`: run the suites once per Keras backend, merge the parts, write the reports.
 
-Start-up stays fast: nothing here imports a framework; `run` starts pytest in child processes
-(one per Keras backend, since Keras picks its backend once, at import).
-
-Bad input (unknown options, unusable files, unwritable output) gives one line on stderr naming the
-problem and the fix, and exit status 2. SIGINT/SIGTERM during `run` are passed on to the pytest
-child, which stops in order and writes its report; `run` then writes the merged partial report
-(`"complete": false`) and exits 128 + the signal number (130, 143).
+Nothing here imports a framework at module level; pytest runs in child processes, one per Keras
+backend, since Keras picks its backend once, at import. SIGINT/SIGTERM during `run` are passed on to
+the pytest child, which stops in order and writes its report; `run` then writes the merged partial
+report (`"complete": false`) and exits 128 + the signal number (130, 143).
 
 `run` always runs the tests in pytest-xdist worker processes (`-n`, default: one per usable core): a
 framework that crashes or hangs its process costs the one test it was in, which is reported as an
@@ -24,12 +21,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from layer_conformance.reports.arguments import ArgumentParser, check_output_folder, split_csv
+from layer_conformance.cli.arguments import ArgumentParser, check_output_folder, split_csv
 from layer_conformance.reports.cores import usable_cores
 from layer_conformance.reports.messages import headline
-from layer_conformance.reports.schema import ReportError, load_report, write_json_atomic
+from layer_conformance.reports.schema import load_report, write_json_atomic
 
 # exit statuses of `conformance run` (README: "Exit statuses"); 128 + N: interrupted by signal N
 EXIT_OK = 0  # every selected test has a verdict; none failed or errored
@@ -54,7 +51,7 @@ def available_backends() -> list[str]:
     return [b for b in KERAS_BACKENDS if _installed(b)]
 
 
-def _run_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="conformance run",
         description="Run the conformance suites (once per Keras backend), merge the results and write "
@@ -281,8 +278,8 @@ def _child_environment(backend: str | None, no_speed: bool, first: bool = True) 
     return env
 
 
-def run(argv: list[str]) -> int:
-    parser = _run_parser()
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     _check_run_args(parser, args)
     out = Path(args.out)
@@ -433,53 +430,6 @@ def _merge(shards: list[tuple[str, Path]]) -> dict:
 
 def _write_outputs(report: dict, out: Path) -> None:
     write_json_atomic(out / "report.json", report)
-    from layer_conformance.reports.html import write_html
-    from layer_conformance.reports.markdown import write_markdown
+    from layer_conformance.reports.render import render
 
-    write_markdown(report, out / "report.md")
-    write_html(report, out / "report.html")
-
-
-def _delegate(module: str) -> Callable[[list[str]], int]:
-    def call(argv: list[str]) -> int:
-        return importlib.import_module(module).main(argv)
-
-    return call
-
-
-COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "run": (run, "run the suites (per Keras backend), merge, write report.json/.md/.html"),
-    "compare": (_delegate("layer_conformance.reports.compare"), "diff two reports; exit 1 on regression (upgrade gate)"),
-    "merge": (_delegate("layer_conformance.reports.merge"), "join shard reports into one"),
-    "repro": (_delegate("layer_conformance.reports.repro"), "re-run a saved failing example"),
-    "faults": (_delegate("layer_conformance.reports.faults"), "inject framework faults, run the suite under each, print the mutation score"),
-    "explain": (_delegate("layer_conformance.reports.explain"), "is your output's difference from a reference rounding? judge it by the derived bound"),
-    "report": (_delegate("layer_conformance.reports.render"), "render report.md and report.html from a report.json (e.g. a merged one)"),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = ArgumentParser(
-        prog="conformance",
-        description="layer-conformance: do weight-transferred layers agree across PyTorch, Keras and Flax?",
-        epilog="commands:\n" + "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
-               + "\n\nRun `conformance COMMAND --help` for a command's options.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
-    parser.add_argument("args", nargs=argparse.REMAINDER)
-    if not argv:
-        parser.error(f"no command given; use one of {', '.join(COMMANDS)}")
-    parsed = parser.parse_args(argv[:1])
-    try:
-        return COMMANDS[parsed.command][0](argv[1:])
-    except ReportError as exc:
-        print(f"conformance {parsed.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"conformance {parsed.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    render(report, out)

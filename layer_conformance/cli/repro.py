@@ -2,7 +2,10 @@
 
 Exit 0: the failure no longer reproduces; 1: it does; 2: the file cannot be used (one-line error).
 Frameworks are imported only once the file has been read and the claim found, so `--help` and bad
-input stay fast.
+input stay fast. The pieces it is made of live where the suites use them too: reading the file
+(`layer_conformance.suites.counterexamples.load_counterexample`), evaluating the example
+(`layer_conformance.suites.harness.evaluate_example`) and re-running a saved crash
+(`layer_conformance.reports.flight.repro_crash`).
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from pathlib import Path
 import textwrap
 from typing import Any
 
+from layer_conformance.cli.arguments import ArgumentParser, split_csv
+
 PROG = "conformance repro"
 
 
@@ -20,9 +25,7 @@ class _Unusable(Exception):
     """Input that cannot be re-run; main prints the message as one line and exits 2."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    from layer_conformance.reports.arguments import ArgumentParser, split_csv
-
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
         description="Re-run a failing example saved by the suite (the .npz named in the failure message and in "
@@ -171,7 +174,7 @@ def _check_version(saved: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from layer_conformance.reports.flight import crash_meta, repro_crash
     from layer_conformance.suites.counterexamples import CounterexampleError, load_counterexample
 
@@ -192,6 +195,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {text}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())
