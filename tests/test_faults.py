@@ -161,7 +161,7 @@ def test_benign_passes_end_to_end(tmp_path):
 
 
 def test_unknown_fault_exits_2():
-    done = subprocess.run([sys.executable, "-m", "layer_conformance.reports.cli", "faults", "--faults", "nonexistent"], cwd=str(ROOT),
+    done = subprocess.run([sys.executable, "-m", "layer_conformance", "faults", "--faults", "nonexistent"], cwd=str(ROOT),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

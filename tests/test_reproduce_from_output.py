@@ -51,7 +51,7 @@ def drop_wide_bias(spec, weights):
 
 
 def faulty_torch():
-    inner = layer_conformance.adapters.get_adapter("torch")
+    inner = adapters.get_adapter("torch")
     return FaultyAdapter(getattr(inner, "inner", inner), lambda layer, y: y, weights_fault=drop_wide_bias)
 
 
