@@ -59,7 +59,7 @@ def faulty_torch():
 def pytest_configure(config):
     settings.register_profile("planted", parent=settings.get_profile("dev"),
                               phases=[Phase.explicit, Phase.reuse, Phase.generate])
-    layer_conformance.adapters._CACHE["torch"] = faulty_torch()
+    adapters._CACHE["torch"] = faulty_torch()
 '''
 
 REPLAY = '''
