@@ -160,12 +160,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _load_claims(config: pytest.Config) -> None:
+    """--conformance-claims: import the user's modules now (a bad one is a usage error before anything runs).
+    Entry-point claims load when a conformance check is first collected, so a project without any pays nothing."""
+    names = config.getoption("--conformance-claims")
+    if not names:
+        return
     from layer_conformance.suites.catalog import CatalogError
-    from layer_conformance.suites.user_claims import load_entry_points, load_modules
+    from layer_conformance.suites.user_claims import load_modules
 
     try:
-        load_entry_points()
-        load_modules(config.getoption("--conformance-claims"), Path(config.invocation_params.dir))
+        load_modules(names, Path(config.invocation_params.dir))
     except CatalogError as error:
         raise pytest.UsageError(f"layer-conformance user claims: {error}") from None
 

@@ -105,3 +105,17 @@ def test_conformance_run_runs_a_users_claims_module_into_the_report(tmp_path):
     assert {(r["claim"], r["check"], r["status"]) for r in rows} == {("my-stem", "forward", "passed"),
                                                                       ("my-stem", "gradient", "passed")}
     assert all(r["examples"] == 6 and 0 < r["max_bound_ratio"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("module, problem", [
+    ("no_such_claims_module", "cannot import it (ModuleNotFoundError"),
+    ("empty_claims", "the module registers no claims; call layer_conformance.register_claims"),
+])
+def test_a_bad_claims_module_is_a_usage_error_before_anything_runs(tmp_path, module, problem):
+    (tmp_path / "empty_claims.py").write_text("X = 1\n")
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "CONFORMANCE_"))}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--conformance-claims", module],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 4, done.stdout + done.stderr  # pytest's usage error
+    assert f"--conformance-claims {module}: {problem}" in done.stderr, done.stderr
