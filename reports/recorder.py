@@ -33,6 +33,7 @@ from layer_conformance.reports.schema import SCHEMA, summarize, write_json_atomi
 from layer_conformance.reports.table import format_table
 
 RECORD = "conformance"
+NOT_JUDGED_PREFIX = "measured, not judged: "  # the reason line of a result with comparisons not judged
 REPORT_OPTION = "--conformance-report"
 _PLUGIN_KEY = pytest.StashKey["ConformancePlugin"]()
 
@@ -329,7 +330,8 @@ class ConformancePlugin:
             row = {**old, **record, "nodeid": report.nodeid, "status": status}
             if report.skipped:
                 row["reason"] = _skip_reason(report)
-            elif report.failed and not row.get("reason"):
+            elif report.failed and (not row.get("reason") or str(row["reason"]).startswith(NOT_JUDGED_PREFIX)):
+                # a failure's own text, not the note of comparisons measured but not judged (kept in not_judged)
                 row["reason"] = cut(report.longreprtext)
             # one assignment: an interruption arriving here leaves the old row or the new one, never half
             self.results[report.nodeid] = row

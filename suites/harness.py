@@ -21,6 +21,7 @@ from layer_conformance.suites.accumulation import accumulator, not_judged_reason
 from layer_conformance.suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound, layer_error_bound, vacuous
 from layer_conformance.suites.catalog import Reference, ReferenceMemo, Variant, evaluate_reference
 from layer_conformance.suites.divergences import Divergence, by_id, ceiling_failure, divergence_for, expect_raise
+from layer_conformance.reports.recorder import NOT_JUDGED_PREFIX
 from layer_conformance.suites.outcomes import Case, ExampleOutcome, VariantOutcome
 from layer_conformance.suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, describe_dims, geometry_key, geometry_pool,
                                random_array)
@@ -459,7 +460,7 @@ class ClaimRunner:
         seen = self.record.setdefault("not_judged", {})
         if label not in seen:
             seen[label] = reason
-            self.record["reason"] = "measured, not judged: " + "; ".join(f"{k}: {v}" for k, v in seen.items())
+            self.record["reason"] = NOT_JUDGED_PREFIX + "; ".join(f"{k}: {v}" for k, v in seen.items())
 
     def _note_accumulation(self, found: dict[str, str | None]) -> None:
         """record["accumulation"]: per variant, the accumulators its probes found (layer_conformance.suites.accumulation)."""

@@ -25,6 +25,12 @@ def test_bad(conformance_record):
     conformance_record["max_bound_ratio"] = 4.0
     assert False, "torch.Linear exceeds the error bound: 4x"
 
+def test_bad_after_not_judged(conformance_record):
+    fill(conformance_record, "half-claim")
+    conformance_record["not_judged"] = {"torch.Conv2d dkernel": "the bfloat16 worst-case bound is infinite"}
+    conformance_record["reason"] = "measured, not judged: torch.Conv2d dkernel: the bfloat16 worst-case bound is infinite"
+    assert False, "torch.Conv2d dkernel exceeds the error bound: got nan"
+
 def test_skip(conformance_record):
     fill(conformance_record, "skip-claim")
     pytest.skip("keras is not installed; install it with: pip install 'layer-conformance[tensorflow]'")
@@ -58,19 +64,22 @@ def _statuses(report: dict) -> dict[str, str]:
 
 def test_report_rows_statuses_and_reasons(sample: pytest.Pytester):
     result = sample.runpytest("-p", "layer_conformance.plugin", "--conformance-report", "out/report.json")
-    result.assert_outcomes(passed=2, failed=1, skipped=1, errors=1, xfailed=1)
+    result.assert_outcomes(passed=2, failed=2, skipped=1, errors=1, xfailed=1)
     report = load_report(sample.path / "out" / "report.json")
     assert report["schema"] == SCHEMA and report["complete"] is True
     assert _statuses(report) == {"test_ok": "passed", "test_bad": "failed", "test_skip": "skipped",
-                                 "test_error": "error", "test_xfail": "xfailed"}
+                                 "test_error": "error", "test_xfail": "xfailed", "test_bad_after_not_judged": "failed"}
     rows = {row["nodeid"].split("::")[-1]: row for row in report["results"]}
     assert "exceeds the error bound" in rows["test_bad"]["reason"]
+    # a failure's reason is its own text, even where comparisons were measured but not judged before it
+    assert "got nan" in rows["test_bad_after_not_judged"]["reason"]
+    assert rows["test_bad_after_not_judged"]["not_judged"] == {"torch.Conv2d dkernel": "the bfloat16 worst-case bound is infinite"}
     assert rows["test_bad"]["max_bound_ratio"] == 4.0
     assert rows["test_skip"]["reason"].startswith("keras is not installed")
     assert "setup exploded" in rows["test_error"]["reason"]
-    assert report["summary"] == {"passed": 1, "failed": 1, "skipped": 1, "error": 1, "xfailed": 1}
+    assert report["summary"] == {"passed": 1, "failed": 2, "skipped": 1, "error": 1, "xfailed": 1}
     assert report["environment"]["python"] and "frameworks" in report["environment"]
-    result.stdout.fnmatch_lines(["conformance: 1 passed, 1 failed, 1 skipped, 1 error, 1 xfailed; report: *"])
+    result.stdout.fnmatch_lines(["conformance: 1 passed, 2 failed, 1 skipped, 1 error, 1 xfailed; report: *"])
 
 
 def test_xdist_gives_the_same_result_set(sample: pytest.Pytester):
@@ -96,4 +105,4 @@ def test_junitxml_works_alongside(sample: pytest.Pytester):
     sample.runpytest("-p", "layer_conformance.plugin", "--conformance-report", "r.json", "--junitxml", "junit.xml")
     xml = (sample.path / "junit.xml").read_text()
     assert "test_bad" in xml and "<failure" in xml
-    assert load_report(sample.path / "r.json")["summary"]["failed"] == 1
+    assert load_report(sample.path / "r.json")["summary"]["failed"] == 2
