@@ -22,14 +22,13 @@ from hypothesis import HealthCheck, Verbosity, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from layer_conformance.reports import recorder
-from layer_conformance.cli.arguments import split_csv as csv
+from layer_conformance.cli.arguments import PROFILES, split_csv as csv
 from layer_conformance.reports.flight import DEFAULT_TIMEOUT_S
 from layer_conformance.reports.recorder import conformance_record  # noqa: F401  (the fixture a test fills)
 
 DATABASE_ENV = "CONFORMANCE_HYPOTHESIS_DB"
 EXAMPLES_ENV = "CONFORMANCE_EXAMPLES"  # examples per test, overriding every profile's own number
 PROFILE_ENV = "CONFORMANCE_PROFILE"
-PROFILES = ("dev", "ci", "thorough", "debug")
 REPORT_OPTION = recorder.REPORT_OPTION
 FRAMEWORK_NAMES = "torch,keras,flax.linen,flax.nnx"
 DTYPE_NAMES = "float64,float32,float16,bfloat16,mixed_float16,mixed_bfloat16"

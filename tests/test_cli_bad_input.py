@@ -15,8 +15,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from cli_helpers import run_cli
 from layer_conformance.adapters.spec import LayerSpec
-from layer_conformance.cli import compare, explain, faults, main, merge, report, repro, run
+from layer_conformance.cli import compare, explain, faults, merge, report, repro, run
 from layer_conformance.reports.schema import SCHEMA
 from layer_conformance.suites.counterexamples import SCHEMA as COUNTEREXAMPLE_SCHEMA, dims_to_json, spec_to_json
 
@@ -183,19 +184,10 @@ def no_suite_run(monkeypatch):
     monkeypatch.setattr(subprocess, "call", refuse)
 
 
-def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("command, case", list(_matrix()))
 def test_bad_input_gives_one_line_and_exit_2(command, case, tmp_path, capsys, no_suite_run):
     for argv, problem, fix in _calls(command, case, tmp_path):
-        code, out, err = _run_cli(argv, capsys)
+        code, out, err = run_cli(argv, capsys)
         assert code == 2, (argv, code, out, err)
         assert "Traceback" not in err and out == "", (argv, out, err)
         assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
@@ -242,7 +234,7 @@ OTHER_BAD_ARGUMENTS = [
                          ids=[" ".join(argv) or "(none)" for argv, _ in OTHER_BAD_ARGUMENTS])
 def test_other_bad_arguments_are_one_line_too(argv, problem, tmp_path, capsys, monkeypatch, no_suite_run):
     monkeypatch.chdir(tmp_path)  # `run` and `faults` create their default output folder in the current one
-    code, out, err = _run_cli(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2 and out == "" and "Traceback" not in err
     assert err.count("\n") == 1 and problem in err, err
     assert err.startswith(f"conformance{' ' + argv[0] if argv and argv[0] in COMMANDS else ''}: error: ")

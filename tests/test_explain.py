@@ -13,9 +13,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from cli_helpers import run_cli
 from layer_conformance.adapters import reference
 from layer_conformance.adapters.spec import LayerSpec, SpecError
-from layer_conformance.cli import main
 from layer_conformance.reports.explain import Explanation, bound_ratio, parse_spec
 from layer_conformance.suites.bounds import DECLARED_ROUNDOFF, UNIT_ROUNDOFF, bound_coefficient, error_bound, roundoff
 from layer_conformance.suites.counterexamples import spec_to_json
@@ -253,12 +253,7 @@ def _explain(paths, capsys, *extra, spec="conv(8, 6, 12, padding=same)", inputs=
     argv = ["explain", "--output", str(paths["out"]), "--reference", str(paths["ref"]), "--spec", spec, *extra]
     if inputs and "--magnitude" not in extra:
         argv += ["--x", str(paths["x"]), "--weights", str(paths["w"])]
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 def test_command_exit_0_when_within(tmp_path, capsys):

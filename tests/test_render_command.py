@@ -6,20 +6,12 @@ import json
 import pytest
 from test_compare_merge import make_report, make_result
 
-from layer_conformance.cli import COMMANDS, main
+from layer_conformance.cli import COMMANDS
+from cli_helpers import run_cli
 from layer_conformance.reports.html import render_html
 from layer_conformance.reports.markdown import render_markdown
 from layer_conformance.reports.merge import merge_reports
 from layer_conformance.reports.schema import load_report
-
-
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _merged(tmp_path):
@@ -40,7 +32,7 @@ def test_both_commands_are_registered():
 def test_renders_a_merged_report_with_the_run_writers(tmp_path, capsys):
     path = _merged(tmp_path)
     out_dir = tmp_path / "site" / "conformance"  # created
-    code, out, err = _run(["report", str(path), "--out", str(out_dir)], capsys)
+    code, out, err = run_cli(["report", str(path), "--out", str(out_dir)], capsys)
     assert code == 0 and err == "", err
     assert "report.md" in out and "report.html" in out and "2 results" in out
     report = load_report(path)
@@ -72,7 +64,7 @@ def test_bad_input_is_one_line_and_exit_2(case, problem, fix, tmp_path, capsys):
         (tmp_path / "a-file").write_text("x")
         out_dir = tmp_path / "a-file" / "sub"  # under a regular file: no one can create it
     argv = ["report", str(path)] + ([] if case == "no --out" else ["--out", str(out_dir)])
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2 and out == "" and "Traceback" not in err, (code, out, err)
     assert err.count("\n") == 1 and err.startswith("conformance report: error: "), err
     assert problem in err and fix in err, err

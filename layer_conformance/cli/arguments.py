@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import NoReturn
 
 
+PROFILES = ("dev", "ci", "thorough", "debug")  # the hypothesis profiles layer_conformance.plugin registers
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line usage errors: `PROG: error: PROBLEM; run `PROG --help` for the options`."""
 

@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-PROFILES = ("dev", "ci", "thorough", "debug")
+from layer_conformance.cli.arguments import PROFILES
+
 
 
 def build_parser() -> argparse.ArgumentParser:

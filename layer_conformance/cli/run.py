@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from layer_conformance.cli.arguments import ArgumentParser, check_output_folder, split_csv
+from layer_conformance.cli.arguments import PROFILES, ArgumentParser, check_output_folder, split_csv
 from layer_conformance.reports.cores import usable_cores
 from layer_conformance.reports.messages import headline
 from layer_conformance.reports.schema import load_report, write_json_atomic
@@ -37,7 +37,6 @@ SUMMARY_LINES = 5  # failures and crashes shown at the end; the rest are in the 
 # in the order the parts of a run are started: the first part runs every framework (see shard_frameworks), so
 # with jax first Flax runs once, beside Keras-on-jax, instead of in two parts
 KERAS_BACKENDS = ("jax", "tensorflow", "torch")
-PROFILES = ("dev", "ci", "thorough", "debug")
 
 
 def _installed(module: str) -> bool:
