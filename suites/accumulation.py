@@ -21,6 +21,14 @@ and where that is infinite its comparison is measured but not judged (never pass
 is judged by the wide bound (a probe that is off by less is a wrong result, not an accumulator, and
 must not buy the layer a looser bound).
 
+The gradient programs are probed the same way (`gradient_accumulators`). The kernel and bias gradients of a
+layer are sums over its output positions (batch included): d kernel[k, c, o] = sum_p x[p + k, c] g[p, o] and
+d bias[o] = sum_p g[p, o]. The probe runs the variant's VJP program on an input of ones and a cotangent
+whose every output channel is the probe pattern over the positions, so every bias element, and every kernel
+element whose taps read no padding, sums exactly the pattern. The input gradient is not probed: its sums are
+as long as the output channels times the kernel taps that meet an element, and no cotangent makes every
+element's sum the pattern.
+
 A probe is evidence for one program, not a proof for every input: it rules out accumulation in the
 dtype, not, say, a float32 accumulator that is rounded to the dtype every few thousand terms. The
 report names the accumulator found per variant ("accumulation") so a reader can see what was assumed.
@@ -42,7 +50,7 @@ PROBE_EPS = {"bfloat16": 2.0 ** -10, "float16": 2.0 ** -12}
 MIN_TERMS = 4  # fewer products cannot tell the accumulators apart (see narrow_loss)
 WIDE = "float32"  # what `accumulator` returns for a layer that sums in float32
 
-_FOUND: dict[tuple[Any, ...], str] = {}
+_FOUND: dict[tuple[Any, ...], Any] = {}  # probe findings per program
 
 
 def probe_pattern(terms: int, dtype: str, shift: int = 0) -> np.ndarray:
@@ -123,17 +131,68 @@ def accumulator(framework: str, spec: LayerSpec, dtype: str, device: str, x: np.
         y = get_adapter(framework).build(spec, weights, dtype, device).forward(ones).astype(np.float64)
         expected, magnitude = reference.forward_and_magnitude(spec, ones.astype(np.float64),
                                                               {k: v.astype(np.float64) for k, v in weights.items()})
-        error = np.abs(y - expected)
-        error[~np.isfinite(error)] = np.inf
         bound = wide_error_bound(spec.reduction_length + 1, magnitude, expected, 0.0, dtype)
-        narrow = not np.all(error <= bound) and float(np.max(error)) >= loss / 2
-        _FOUND[key] = compute_dtype(dtype) if narrow else WIDE
+        _FOUND[key] = _verdict(y, expected, bound, np.ones(y.shape, bool), loss, dtype) or WIDE
     return _FOUND[key]
+
+
+def _verdict(y: np.ndarray, expected: np.ndarray, bound: np.ndarray, decisive: np.ndarray, loss: float,
+             dtype: str) -> str | None:
+    """A probe's finding: WIDE when every element is within the wide bound; the half dtype when some
+    `decisive` element (one that sums exactly the probe pattern) is off by at least half of what a
+    half-precision sum of the pattern loses; WIDE when it is off otherwise (a wrong result, not an
+    accumulator: a NaN or infinity included, which no rounding explains); None when no element is
+    decisive and some is off (the probe cannot tell)."""
+    error = np.abs(np.asarray(y, np.float64) - expected)
+    if np.all(error <= bound):
+        return WIDE
+    if not np.any(decisive):
+        return None
+    if not np.all(np.isfinite(y)):
+        return WIDE
+    return compute_dtype(dtype) if float(np.max(error[decisive])) >= loss / 2 else WIDE
+
+
+def probe_cotangent(out_shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """A cotangent whose every output channel is the probe pattern over the output positions (rolled per channel)."""
+    positions = math.prod(out_shape[:-1])
+    channels = [probe_pattern(positions, dtype, shift=o).reshape(out_shape[:-1]) for o in range(out_shape[-1])]
+    return np.stack(channels, axis=-1).astype(numpy_dtype(dtype))
+
+
+def gradient_accumulators(framework: str, spec: LayerSpec, dtype: str, device: str, x: np.ndarray,
+                          out_shape: tuple[int, ...]) -> dict[str, str | None]:
+    """What the variant's VJP program sums its kernel and bias gradients in ({"kernel", "bias"}: as
+    `accumulator`, WIDE, the half dtype or None), from a probe of that program (see the module docstring):
+    the same framework, geometry, dtype, device, input shape and memory order as the example. Empty when
+    no probe applies (not a half-precision dtype, or too few output positions to tell). Cached per program."""
+    positions = math.prod(out_shape[:-1])
+    loss = narrow_loss(positions, dtype)
+    if not loss:
+        return {}
+    order = tuple(np.argsort([-abs(stride) for stride in x.strides], kind="stable"))
+    key = (framework, repr(spec), dtype, device, x.shape, order, "vjp")
+    if key not in _FOUND:
+        weights = {"kernel": np.zeros(spec.kernel_shape(), numpy_dtype(dtype)),
+                   **({"bias": np.zeros(spec.out_features, numpy_dtype(dtype))} if spec.bias else {})}
+        ones = np.ones_like(x, dtype=numpy_dtype(dtype))
+        cotangent = probe_cotangent(out_shape, dtype)
+        _, grads = get_adapter(framework).build(spec, weights, dtype, device).vjp(ones, cotangent)
+        wide64 = {k: v.astype(np.float64) for k, v in weights.items()}
+        ones64, g64 = ones.astype(np.float64), cotangent.astype(np.float64)
+        expected = reference.vjp(spec, ones64, wide64, g64)[1]
+        magnitude = reference.vjp(spec, ones64, wide64, np.abs(g64))[1]
+        counts = reference.vjp(spec, ones64, wide64, np.ones_like(g64))[1]  # positions each element sums
+        _FOUND[key] = {name: _verdict(grads[name], expected[name],
+                                      wide_error_bound(positions, magnitude[name], expected[name], 0.0, dtype),
+                                      counts[name] == positions, loss, dtype)
+                       for name in expected if name in grads}
+    return dict(_FOUND[key])
 
 
 def not_judged_reason(terms: int, dtype: str, accumulation: str | None, what: str = "") -> str:
     """Why a comparison is measured but not judged: its worst-case bound is infinite and no probe showed a float32
     accumulator (the only model under which a finite bound is derived)."""
     why = (f"its probe found it summing in {accumulation}" if accumulation
-           else "its accumulator is not probed" + (f" ({what})" if what else ""))
+           else what if what.startswith("its probe") else "its accumulator is not probed" + (f" ({what})" if what else ""))
     return f"the {dtype} worst-case bound is infinite for {terms} terms (n u >= 1), and {why}"

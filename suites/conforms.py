@@ -29,7 +29,7 @@ import numpy as np
 from layer_conformance.adapters import get_adapter, reference
 from layer_conformance.adapters.native import NativeLayer, read_native
 from layer_conformance.adapters.spec import POLICY_COMPUTE, LayerSpec, Weights
-from layer_conformance.suites.bounds import ROUNDOFF_LABEL, bound_ratio, layer_error_bound, sum_bound, vacuous
+from layer_conformance.suites.bounds import ROUNDOFF_LABEL, bound_ratio, layer_error_bound, vacuous
 
 CHECKS = ("forward", "gradient")
 HALF = ("float16", "bfloat16", *POLICY_COMPUTE)
@@ -95,7 +95,7 @@ def compare_example(layers: Mapping[str, Any], spec: LayerSpec, dtype: str, devi
     """Every layer's output (and gradients when `cotangent` is given) against the float64 reference of
     `weights` on input `x`: the comparisons, and what could not be judged (infinite bound) with why."""
     from layer_conformance.suites.accumulation import accumulator, not_judged_reason
-    from layer_conformance.suites.gradients import term_counts
+    from layer_conformance.suites.gradients import gradient_bounds, not_judged_gradient, term_counts
 
     w64 = _host_weights(weights)
     x64 = x.astype(np.float64)
@@ -132,10 +132,12 @@ def compare_example(layers: Mapping[str, Any], spec: LayerSpec, dtype: str, devi
         for side, layer in layers.items():
             got_dx, got_dw = layer.vjp(x, cotangent)
             got = {"input": got_dx, **got_dw}
-            for name, (want, mag) in wanted.items():
-                bound = sum_bound(counts[name], mag, dtype)
-                judge(side, f"d {name}", got[name], want, bound,
-                      not_judged_reason(counts[name], dtype, None, "gradient programs are not probed"))
+            bounds, found = gradient_bounds(frameworks[side], spec, dtype, device, x, expected.shape, counts,
+                                            {name: mag for name, (_, mag) in wanted.items()},
+                                            {name: want for name, (want, _) in wanted.items()})
+            for name, (want, _) in wanted.items():
+                judge(side, f"d {name}", got[name], want, bounds[name],
+                      not_judged_gradient(name, counts[name], dtype, found))
     return comparisons, not_judged
 
 

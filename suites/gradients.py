@@ -15,7 +15,8 @@ import numpy as np
 
 from layer_conformance.adapters import get_adapter, reference
 from layer_conformance.adapters.spec import LayerSpec, Weights
-from layer_conformance.suites.bounds import bound_ratio, sum_bound
+from layer_conformance.suites.accumulation import WIDE, gradient_accumulators, not_judged_reason
+from layer_conformance.suites.bounds import bound_ratio, sum_bound, wide_error_bound
 from layer_conformance.suites.catalog import Claim, Variant
 from layer_conformance.suites.strategies import Dims
 
@@ -105,9 +106,44 @@ def variant_gradients(variant: Variant, dims: Dims, x: np.ndarray, weights: Weig
     dx, dw = layer.vjp(layer_x, g_layer.astype(x.dtype))
     result["framework"] = to_claim(dx.astype(np.float64), {k: v.astype(np.float64) for k, v in dw.items()})
     counts = term_counts(spec, out.shape)
-    result["bound"] = {name: sum_bound(counts[name], m, dtype) for name, m in result["magnitude"].items()}
+    result["bound"], result["accumulation"] = gradient_bounds(  # type: ignore[assignment]
+        variant.framework, spec, dtype, device, layer_x, out.shape, counts, result["magnitude"], result["reference"])
     result["terms"] = counts  # type: ignore[assignment]  (ints: what bound_in needs for another dtype)
     return result
+
+
+def gradient_bounds(framework: str, spec: LayerSpec, dtype: str, device: str, layer_x: np.ndarray,
+                    out_shape: tuple[int, ...], counts: dict[str, int], magnitude: dict[str, np.ndarray],
+                    expected: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str | None]]:
+    """The bound of every gradient (worst case: gamma(n, u) over its `counts` terms), and what the probe of the
+    framework's VJP program found (layer_conformance.suites.accumulation.gradient_accumulators).
+
+    A half-precision kernel or bias gradient whose program the probe shows summing in float32 is judged by
+    the smaller of the worst-case and the wide bound (both hold for it): finite for every number of positions.
+    """
+    bounds = {name: sum_bound(counts[name], m, dtype) for name, m in magnitude.items()}
+    found = gradient_accumulators(framework, spec, dtype, device, layer_x, out_shape)
+    for name, accumulation in found.items():
+        if accumulation == WIDE and name in bounds:
+            wide = wide_error_bound(counts[name], magnitude[name], expected[name], 0.0, dtype)
+            bounds[name] = np.minimum(bounds[name], wide)
+    return bounds, found
+
+
+def not_judged(grads: dict[str, dict[str, Any]], name: str, dtype: str) -> str:
+    """Why one gradient comparison is measured but not judged (its bound is infinite): what its probe found."""
+    return not_judged_gradient(name, grads["terms"][name], dtype, grads.get("accumulation", {}))
+
+
+def not_judged_gradient(name: str, terms: int, dtype: str, found: dict[str, str | None]) -> str:
+    """`not_judged` from the gradient's name, its number of terms and the probe's findings."""
+    if name == "input":
+        what = "input-gradient programs are not probed"
+    elif name not in found:
+        what = "too few output positions for the probe"
+    else:
+        what = "its probe could not tell: no kernel element sums every output position"
+    return not_judged_reason(terms, dtype, found.get(name), what)
 
 
 def bound_in(grads: dict[str, dict[str, Any]], name: str, dtype: str) -> np.ndarray:

@@ -181,7 +181,7 @@ class ClaimRunner:
     def gradient_example(self, data: st.DataObject) -> None:
         """VJPs w.r.t. input, kernel and bias of every variant against the reference of variants[0]."""
         __tracebackhide__ = True
-        from layer_conformance.suites.gradients import compare, variant_gradients
+        from layer_conformance.suites.gradients import compare, not_judged, variant_gradients
 
         claim, dtype, device = self.case
         dims, x, weights, style = self.draw(data)
@@ -211,6 +211,8 @@ class ClaimRunner:
             grads = variant_gradients(variant, dims, x, weights, cotangent, dtype, device)
             terms = max(terms, *grads["terms"].values())
             expected = expected or grads["reference"]
+            self._note_accumulation({f"{variant.label(dims)} d{name}": found
+                                     for name, found in grads["accumulation"].items()})
             for name, (error, ratio, index) in compare(grads, expected).items():
                 label = f"{variant.label(dims)} d{name}"
                 divergence = divergence_for(variant.framework, spec, dtype, "gradient",
@@ -219,8 +221,7 @@ class ClaimRunner:
                     failures.extend(self._gradient_ceiling(label, divergence, grads, expected, name, error, ratio))
                     continue
                 if vacuous(grads["bound"][name]):
-                    self._not_judged(label, not_judged_reason(grads["terms"][name], dtype, None,
-                                                              "gradient programs are not probed"))
+                    self._not_judged(label, not_judged(grads, name, dtype))
                     continue
                 self._note(label, error, ratio)
                 worst = max(worst, (ratio, error))

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from layer_conformance.adapters.spec import LayerSpec, numpy_dtype
 from layer_conformance.suites import accumulation
-from layer_conformance.suites.accumulation import WIDE, accumulator, narrow_loss, probe_pattern, sequential_sum
+from layer_conformance.suites.accumulation import (WIDE, accumulator, gradient_accumulators, narrow_loss, probe_pattern,
+                                                   sequential_sum)
 from layer_conformance.suites.bounds import error_bound, layer_error_bound, vacuous, wide_error_bound
 from layer_conformance.suites.strategies import STYLES, random_array
 
@@ -177,6 +178,116 @@ def test_bf16_linear_1024_with_a_planted_1_percent_error_fails():
     assert max(worst) > 1.0
 
 
+class _GradientSums:
+    """A stand-in adapter whose dense layer's VJP sums the kernel and bias gradients in the half dtype
+    (sequentially); `nan`: its kernel gradient is NaN instead."""
+
+    def __init__(self, nan: bool = False):
+        self.nan = nan
+
+    def build(self, spec, weights, dtype, device):
+        outer = self
+
+        class Layer:
+            def vjp(self, x, g):
+                x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
+                kernel = np.array([[sequential_sum(x64[:, i] * g64[:, o], dtype) for o in range(g64.shape[1])]
+                                   for i in range(x64.shape[1])])
+                if outer.nan:
+                    kernel[:] = np.nan
+                bias = np.array([sequential_sum(g64[:, o], dtype) for o in range(g64.shape[1])])
+                return np.zeros_like(x), {"kernel": kernel.astype(numpy_dtype(dtype)),
+                                          "bias": bias.astype(numpy_dtype(dtype))}
+
+        return Layer()
+
+
+def test_the_gradient_probe_finds_a_half_precision_accumulator(monkeypatch):
+    """Kernel and bias gradients summed in bfloat16 over 300 positions: the probe says so, and the gradient is
+    judged by the worst-case bound (infinite there: measured, not judged); fewer positions: no probe."""
+    spec = LayerSpec.dense(3, 2)
+    monkeypatch.setattr(accumulation, "_FOUND", {})
+    monkeypatch.setattr(accumulation, "get_adapter", lambda name: _GradientSums())
+    found = gradient_accumulators("narrow", spec, "bfloat16", "cpu", np.zeros((300, 3)), (300, 2))
+    assert found == {"kernel": "bfloat16", "bias": "bfloat16"}
+    assert gradient_accumulators("narrow", spec, "bfloat16", "cpu", np.zeros((3, 3)), (3, 2)) == {}
+    assert gradient_accumulators("narrow", spec, "float32", "cpu", np.zeros((300, 3)), (300, 2)) == {}
+
+
+def test_a_nan_gradient_probe_does_not_buy_the_worst_case_bound(monkeypatch):
+    """A NaN is no accumulator's rounding: the gradient is judged by the wide bound, where its examples fail."""
+    monkeypatch.setattr(accumulation, "_FOUND", {})
+    monkeypatch.setattr(accumulation, "get_adapter", lambda name: _GradientSums(nan=True))
+    found = gradient_accumulators("nan", LayerSpec.dense(3, 2), "bfloat16", "cpu", np.zeros((300, 3)), (300, 2))
+    assert found == {"kernel": WIDE, "bias": "bfloat16"}
+
+
+def test_torch_sums_bfloat16_weight_gradients_in_float32():
+    pytest.importorskip("torch")
+    for dtype in ("bfloat16", "float16", "mixed_bfloat16"):
+        conv = LayerSpec.conv(4, 8, (3, 3), padding="same")
+        assert gradient_accumulators("torch", conv, dtype, "cpu", np.zeros((2, 15, 17, 4)), (2, 15, 17, 8)) == \
+            {"kernel": WIDE, "bias": WIDE}
+
+
+CONV_SPEC = LayerSpec.conv(3, 2, (5,), strides=(2,), padding="same")
+
+
+def _torch_kernel_gradient_ratio(batch: int, length: int, style: str, seed: int, planted: bool) -> float:
+    """The largest bound ratio of torch's bfloat16 Conv1d(3, 2, 5, stride 2) kernel and bias gradients over one
+    example of 256 to 640 output positions (the worst-case bound: infinite), judged as the gradient check judges
+    them (layer_conformance.suites.gradients.gradient_bounds); `planted`: one kernel element 1 % off."""
+    from layer_conformance.adapters import get_adapter, reference
+    from layer_conformance.suites.gradients import gradient_bounds, term_counts
+
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, (batch, length, 3), style, "bfloat16")
+    weights = {"kernel": random_array(rng, CONV_SPEC.kernel_shape(), style, "bfloat16"),
+               "bias": random_array(rng, (2,), style, "bfloat16")}
+    w64 = {k: v.astype(np.float64) for k, v in weights.items()}
+    out_shape = reference.forward(CONV_SPEC, x.astype(np.float64), w64).shape
+    g = random_array(rng, out_shape, "normal", "bfloat16")
+    _, got = get_adapter("torch").build(CONV_SPEC, weights, "bfloat16", "cpu").vjp(x, g)
+    got = {k: v.astype(np.float64) for k, v in got.items()}
+    if planted:
+        got["kernel"][2, 1, 0] = float(np.float64(got["kernel"][2, 1, 0] * 1.01).astype(numpy_dtype("bfloat16")))
+    expected = reference.vjp(CONV_SPEC, x.astype(np.float64), w64, g.astype(np.float64))[1]
+    magnitude = reference.vjp(CONV_SPEC, np.abs(x.astype(np.float64)), {k: np.abs(v) for k, v in w64.items()},
+                              np.abs(g.astype(np.float64)))[1]
+    counts = term_counts(CONV_SPEC, out_shape)
+    assert counts["kernel"] * 2.0 ** -8 >= 1  # the worst-case bound is infinite here
+    bounds, found = gradient_bounds("torch", CONV_SPEC, "bfloat16", "cpu", x, out_shape, counts, magnitude, expected)
+    assert found == {"kernel": WIDE, "bias": WIDE} and not any(vacuous(bounds[k]) for k in found)
+    return max(float(np.max(np.abs(got[k] - expected[k]) / bounds[k])) for k in found)
+
+
+CONV_EXAMPLES = dict(batch=st.integers(1, 4), length=st.integers(512, 1280), style=st.sampled_from(STYLES),
+                     seed=st.integers(0, 2 ** 32 - 1))
+
+
+@EXAMPLES
+@given(**CONV_EXAMPLES)
+def test_bf16_conv_kernel_gradient_passes_500_examples_under_the_wide_bound(batch, length, style, seed):
+    pytest.importorskip("torch")
+    assert _torch_kernel_gradient_ratio(batch, length, style, seed, planted=False) <= 1.0
+
+
+def test_bf16_conv_kernel_gradient_with_a_planted_1_percent_error_fails():
+    pytest.importorskip("torch")
+    worst = []
+
+    @EXAMPLES
+    @given(**CONV_EXAMPLES)
+    def planted(batch, length, style, seed):
+        ratio = _torch_kernel_gradient_ratio(batch, length, style, seed, planted=True)
+        worst.append(ratio)
+        assert ratio <= 1.0
+
+    with pytest.raises(AssertionError):
+        planted()
+    assert max(worst) > 1.0
+
+
 def vacuous_passes(report: dict) -> list[str]:
     """Passed results that rest on an infinite bound: an example with n u >= 1 for the worst-case bound (n: the
     terms of its longest sum, samples.reduction_length) whose variants are not all shown to accumulate in
@@ -194,7 +305,7 @@ def vacuous_passes(report: dict) -> list[str]:
         lengths = (row.get("samples") or {}).get("reduction_length") or []
         infinite = [n for n in lengths if (n + 1) * u >= 1.0]
         wide = row.get("accumulation") or {}
-        probed = row["check"] in ("forward", "batch")  # the gradient and depth checks use the worst-case bound
+        probed = row["check"] in ("forward", "batch", "gradient")  # the depth check uses the worst-case bound
         if infinite and (not probed or not wide or any(kinds != [WIDE] for kinds in wide.values())):
             found.append(f"{row['nodeid']}: passed with {len(infinite)} example(s) of {max(infinite) + 1} terms in "
                          f"{row['dtype']} (worst-case bound infinite), accumulation {wide or 'not probed'}")
