@@ -14,6 +14,9 @@ Convolution features:
 - `shorter-than-dilated-kernel`: some spatial axis is shorter than the dilated kernel (k - 1) * d + 1
   (only the padding makes the layer valid).
 - `single-in-channel`, `single-out-channel`: one input channel, one output channel.
+- `single-out-multi-in`: one output channel from two or more input channels (no groups) through a
+  kernel larger than 1 on some axis, without dilation: the geometry of the documented Keras-on-torch Conv2D gradient
+  error (`torch-conv2d-single-output-grad-weight`), which `single-out-channel` met only by chance.
 - `per-axis-strides`: 2-D only, the strides differ between the axes.
 - `stride-over-kernel`: some axis with a stride larger than its kernel (input positions no tap reads).
 - `padding-only-output`: some axis has an output position that reads only padding.
@@ -122,6 +125,10 @@ CONV_FEATURES: tuple[Feature, ...] = (
             lambda d: any(n < (k - 1) * dl + 1 for n, _, _, k, _, dl in _axes(d))),
     Feature("single-in-channel", "conv", "one input channel", lambda d: d["spec"].in_features == 1),
     Feature("single-out-channel", "conv", "one output channel", lambda d: d["spec"].out_features == 1),
+    Feature("single-out-multi-in", "conv", "one output channel from two or more input channels (no groups) "
+            "through a kernel larger than 1 on some axis, without dilation",
+            lambda d: d["spec"].out_features == 1 and d["spec"].in_features >= 2 and d["spec"].groups == 1
+            and max(d["spec"].kernel_size) > 1 and set(d["spec"].dilation) == {1}),
     Feature("per-axis-strides", "conv", "the strides differ between the axes (2-D)",
             lambda d: len(set(d["spec"].strides)) > 1, min_rank=2),
     Feature("stride-over-kernel", "conv", "some axis with a stride larger than its kernel",

@@ -23,7 +23,7 @@ from layer_conformance.suites.catalog import Reference, ReferenceMemo, Variant, 
 from layer_conformance.suites.divergences import Divergence, by_id, ceiling_failure, divergence_for, expect_raise
 from layer_conformance.reports.recorder import NOT_JUDGED_PREFIX
 from layer_conformance.suites.outcomes import Case, ExampleOutcome, VariantOutcome
-from layer_conformance.suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, describe_dims, geometry_key, geometry_pool,
+from layer_conformance.suites.strategies import (SEEDS, STYLES, Dims, cached_integers, data_source, describe_dims, geometry_key, pool_strategy,
                                random_array)
 
 MAX_SAMPLES = 400  # per result, for the report's plots
@@ -104,7 +104,7 @@ class ClaimRunner:
         if self.geometries and self.check in DRAWING_CHECKS:  # built here: a pool drawn inside @given would nest it
             # one pool per case, shared by its checks: the forward and batch checks then run the same
             # compiled programs (one compile per geometry, not one per check) on the same corners
-            self.dims = st.sampled_from(geometry_pool(claim.dims, self.geometries, self.case.id))
+            self.dims = pool_strategy(claim.dims, self.geometries, self.case.id)
         self._geometries_seen: set[tuple[tuple[str, Any], ...]] = set()
 
     def _draw_dims(self, data: st.DataObject) -> Dims:

@@ -109,6 +109,7 @@ def conv_corners(rank: int, *, max_groups: int = 3, max_kernel: int = 5, max_str
         "length-1": True,
         "shorter-than-dilated-kernel": bool(set(paddings) & set(_PADDED)) and max_kernel >= 2,
         "single-in-channel": True, "single-out-channel": True,
+        "single-out-multi-in": max_channels_per_group >= 2 and max_kernel >= 2,
         "per-axis-strides": rank == 2 and strides is None and max_stride >= 2,
         "stride-over-kernel": stride_most >= 2,
         "padding-only-output": "explicit" in paddings or ("flax-border" in paddings and padding_mode != "reflect"
@@ -164,6 +165,9 @@ def _conv_dims(draw: st.DrawFn, rank: int, corners: tuple[str, ...], *, max_grou
         groups = 1
         cin = 1 if corner == "single-in-channel" else draw(per_group, label="in per group")
         cout = 1 if corner == "single-out-channel" else draw(per_group, label="out per group")
+    elif corner == "single-out-multi-in":
+        groups, cout = 1, 1
+        cin = draw(cached_integers(2, max_channels_per_group), label="in per group")
     else:
         groups = draw(cached_integers(1, max_groups), label="groups")
         least_in = 2 if corner == "padding-only-axis" and groups == 1 else 1  # a view torch sees as channels-last
@@ -198,6 +202,9 @@ def _conv_dims(draw: st.DrawFn, rank: int, corners: tuple[str, ...], *, max_grou
             dilation[axis] = draw(cached_integers(2, max_dilation), label="dilation")
     elif corner == "shorter-than-dilated-kernel":
         kernel[axis] = draw(cached_integers(2, max_kernel), label="kernel")
+    elif corner == "single-out-multi-in":
+        kernel[axis] = draw(cached_integers(2, max_kernel), label="kernel")
+        dilation = [1] * rank
     if corner in ("padding-only-output", "padding-only-axis"):
         mode = "explicit" if "explicit" in paddings else "flax-border"
     elif corner == "shorter-than-dilated-kernel":
@@ -362,6 +369,33 @@ def geometry_pool(dims: st.SearchStrategy[Dims], size: int, key: str) -> list[Di
     if known is None or known[0] is not dims:
         known = _POOLS[(id(dims), size, key)] = (dims, _shared_pool(dims, size, key))
     return [dict(member) for member in known[1]]
+
+
+SCARCE = 3  # a corner held by fewer pool members than this is scarce: its members are drawn twice as often
+
+
+def pool_strategy(dims: st.SearchStrategy[Dims], size: int, key: str) -> st.SearchStrategy[Dims]:
+    """What a check draws its examples' geometries from under a pool: the members of `geometry_pool`, where a
+    member that holds a scarce corner (held by fewer than SCARCE members) is listed twice.
+
+    A member is drawn as (slot + turn) modulo the list's length, two draws. Hypothesis generates a new
+    example by choosing a new first value (the slot) and continuing once with the simplest values (turn 0)
+    and once at random: one index alone would run each drawn member twice and leave others undrawn (over 50
+    gradient examples, 2 of 10 members were never drawn); the turn makes the second draw any member. Listing
+    scarce members twice doubles their share. tests/test_features.py asserts the counts the suite's own tests
+    draw. Shrinking takes both draws to 0: the pool's first, simplest member."""
+    pool = geometry_pool(dims, size, key)
+    held = Counter(name for member in pool for name in example_features(member))
+    scarce = {name for name, count in held.items() if count < SCARCE}
+    weighted = pool + [member for member in pool if example_features(member) & scarce]
+    return _pool_member(tuple(weighted))
+
+
+@st.composite
+def _pool_member(draw: st.DrawFn, members: tuple[Dims, ...]) -> Dims:
+    slot = draw(cached_integers(0, len(members) - 1), label="pool slot")
+    turn = draw(cached_integers(0, len(members) - 1), label="pool turn")
+    return dict(members[(slot + turn) % len(members)])
 
 
 POOL_DIR_ENV = "CONFORMANCE_POOL_DIR"

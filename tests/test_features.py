@@ -18,7 +18,7 @@ from layer_conformance.suites.catalog import CLAIMS_BY_ID, Claim
 from layer_conformance.suites.features import (CONV_FEATURES, DENSE_FEATURES, FEATURE_NAMES, PERMUTED_LAYOUT, claim_features,
                              example_features, is_conv, layout_features, padding_only_axis, padding_only_positions)
 from layer_conformance.suites.harness import Case, ClaimRunner
-from layer_conformance.suites.strategies import SEEDS, CI_GEOMETRIES, geometry_pool, strategy_features
+from layer_conformance.suites.strategies import SEEDS, CI_GEOMETRIES, geometry_pool, pool_strategy, strategy_features
 
 DTYPES = ("float64", "float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
 CONV_CLAIMS = tuple(c.id for c in CLAIMS_BY_ID.values() if is_conv(c.example))  # convolution geometries
@@ -38,6 +38,7 @@ CASES = {
                                     conv(3, 4, 3, (2, 5, 3), padding=((1, 1),), dilation=2)),
     "single-in-channel": (conv(1, 4, 3, (2, 8, 1)), PLAIN_1D),
     "single-out-channel": (conv(3, 1, 3, (2, 8, 3)), PLAIN_1D),
+    "single-out-multi-in": (conv(2, 1, (1, 3), (1, 8, 8, 2)), conv(2, 1, (1, 3), (1, 8, 8, 2), dilation=(1, 2))),
     "per-axis-strides": (conv(3, 4, (3, 3), (2, 8, 8, 3), strides=(1, 2)),
                          conv(3, 4, (3, 3), (2, 8, 8, 3), strides=(2, 2))),
     "stride-over-kernel": (conv(3, 4, 1, (2, 8, 3), strides=2), conv(3, 4, 2, (2, 8, 3), strides=2)),
@@ -133,9 +134,9 @@ class _DrawingRunner:
         self.case, self.check, self.geometries = Case(claim, dtype, device), check, geometries
         self.record: dict[str, Any] = {"examples": 0}
         self.runnable = list(claim.variants)
-        self.dims = st.sampled_from(geometry_pool(claim.dims, geometries, self.case.id)) if geometries else claim.dims
+        self.dims = pool_strategy(claim.dims, geometries, self.case.id) if geometries else claim.dims
         self._geometries_seen: set = set()
-        self.pool = None if geometries is None else self.dims.elements  # type: ignore[attr-defined]
+        self.pool = None if geometries is None else geometry_pool(claim.dims, geometries, self.case.id)
 
     def forward_example(self, data: st.DataObject) -> None:
         self.draw(data)
@@ -231,6 +232,19 @@ def test_ci_pool_meets_the_known_torch_crash():
     assert any(torch_bf16_onednn_crash(dims["spec"], "bfloat16", dims["shape"]) for dims in pool)
     counts, runner = feature_counts("xfw-conv1d", "bfloat16", "forward", 50, CI_GEOMETRIES)
     assert counts["padding-only-axis"] >= CI_LEAST
+
+
+def test_ci_pool_meets_the_keras_torch_single_output_gradient_error():
+    """The xfw-conv2d ci pools hold the geometry of the documented Keras-on-torch Conv2D gradient error (one
+    output channel, several input channels, a kernel over 1, no dilation) in every dtype it is documented for,
+    float32 included (where it needs a batch of one): a ci run meets it on purpose (the thorough run found it
+    by chance in mixed_float16, and the float32 pools missed it)."""
+    from layer_conformance.suites.divergences import by_id
+
+    rule = by_id("torch-conv2d-single-output-grad-weight").applies
+    for dtype in ("float64", "float32", "float16", "mixed_float16"):
+        pool = geometry_pool(CLAIMS_BY_ID["xfw-conv2d"].dims, CI_GEOMETRIES, f"xfw-conv2d-{dtype}-cpu")
+        assert any(rule(dims["spec"], dtype, "torch", dims["shape"]) for dims in pool), dtype
 
 
 def test_pool_without_feature_selection_misses_corners(monkeypatch):

@@ -110,7 +110,20 @@ def test_pooled_test_runs_its_examples_over_the_pool():
     pool = {geometry_key(d) for d in geometry_pool(claim.dims, 3, "torch-linear-conv1d-k1-float32-cpu")}
     # the checks of one case share its pool, so they run the same compiled programs on the same corners
     batch = ClaimRunner(Case(claim, "float32", "cpu"), {}, check="batch", geometries=3)
-    assert {geometry_key(d) for d in batch.dims.elements} == {geometry_key(d) for d in runner.dims.elements} == pool
+
+    def members(strategy: st.SearchStrategy) -> set:
+        found: set = set()
+
+        @settings(max_examples=100, derandomize=True, database=None, deadline=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(strategy)
+        def collect(dims):
+            found.add(geometry_key(dims))
+
+        collect()
+        return found
+
+    assert members(batch.dims) == members(runner.dims) == pool
     seen = []
     draw = runner._draw_dims
     runner._draw_dims = lambda data: seen.append(draw(data)) or seen[-1]  # type: ignore[method-assign]
