@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from layer_conformance.adapters.spec import LayerSpec, numpy_dtype
-from layer_conformance.suites.features import CONV_FEATURES, DENSE_FEATURES, example_features
+from layer_conformance.suites.features import CONV_FEATURES, example_features
 
 Dims = dict[str, Any]
 STYLES = ("normal", "uniform", "wide-range", "small-integers")
