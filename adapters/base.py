@@ -229,6 +229,12 @@ class Adapter(abc.ABC):
         """"strict": full float32 everywhere (TF32 off, highest matmul precision); "default": leave the
         framework's own defaults. Every check runs under the mode in force, and the report records it."""
 
+    def declared_roundoff(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
+        """The declared precision mode (layer_conformance.suites.bounds.DECLARED_ROUNDOFF, e.g. "tf32") this
+        framework computes a layer of `spec` in `dtype` on `device` in, under its settings now
+        (layer_conformance.adapters.precision); None: the dtype's own unit roundoff."""
+        return None
+
 
 class UnavailableAdapter(Adapter):
     """Stands in for a framework that cannot be imported; every check with it skips with the reason."""

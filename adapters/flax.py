@@ -93,6 +93,11 @@ class _FlaxAdapter(Adapter):
         if mode == "strict":
             jax.config.update("jax_default_matmul_precision", "highest")
 
+    def declared_roundoff(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
+        from .precision import jax_declared
+
+        return jax_declared(spec, dtype, device)
+
     def environment(self) -> dict[str, Any]:
         devices = [str(d) for d in jax.devices("cpu")] + [str(d) for d in _gpu_devices()]
         modes = {"jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),

@@ -380,6 +380,13 @@ class KerasAdapter(Adapter):
         layer.build(self._input_shape(spec))
         return KerasLayer(self, spec, "float32", "cpu", layer).weights()
 
+    def declared_roundoff(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
+        from . import precision
+
+        declared = {"tensorflow": precision.tensorflow_declared, "jax": precision.jax_declared,
+                    "torch": precision.torch_declared}[BACKEND]
+        return declared(spec, dtype, device)
+
     def set_numerics(self, mode: str) -> None:
         if mode != "strict":
             return

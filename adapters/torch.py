@@ -148,6 +148,11 @@ class TorchAdapter(Adapter):
             return str(exc)
         return None
 
+    def declared_roundoff(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
+        from .precision import torch_declared
+
+        return torch_declared(spec, dtype, device)
+
     def set_numerics(self, mode: str) -> None:
         if mode == "strict":
             torch.backends.cuda.matmul.allow_tf32 = False

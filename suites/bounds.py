@@ -58,6 +58,10 @@ DECLARED_ROUNDOFF: dict[str, float] = {
     # NVIDIA GPUs (2^-11) (jax.lax.Precision docstring; JAX "Matmul precision" docs). Declared as the looser,
     # 2^-11, so that it holds on both; name bf16_3x for a result known to come from a TPU.
     "xla-high": 2.0 ** -11,
+    # torch.set_float32_matmul_precision("medium") on CUDA: "bfloat16 as the internal computation data type"
+    # where fast matrix multiplication algorithms with it are available (torch docs), float32 accumulation:
+    # one bfloat16 pass, u = 2^-8, as xla-default.
+    "bf16-pass": 2.0 ** -8,
 }
 DECLARED_STORAGE: dict[str, str] = {mode: "float32" for mode in DECLARED_ROUNDOFF}
 
