@@ -137,11 +137,13 @@ def wide_error_bound(terms: int, magnitude: np.ndarray, expected: np.ndarray, bi
 
 
 def layer_error_bound(reduction_length: int, magnitude: np.ndarray, expected: np.ndarray,
-                      bias_magnitude: np.ndarray | float, dtype: str, accumulation: str | None) -> np.ndarray:
-    """The bound a variant's layer output is judged by: `error_bound`, or, for a half-precision layer
-    whose probe showed a float32 accumulator (layer_conformance.suites.accumulation), the smaller of it and
-    `wide_error_bound`. Both hold for such a layer; the wide one is finite for every length."""
-    worst = error_bound(reduction_length, magnitude, dtype)
+                      bias_magnitude: np.ndarray | float, dtype: str, accumulation: str | None,
+                      u_eff: float | None = None) -> np.ndarray:
+    """The bound a variant's layer output is judged by: `error_bound` (under `u_eff`, a declared precision
+    mode's unit roundoff, where the framework computes in one: layer_conformance.suites.numerics), or, for a
+    half-precision layer whose probe showed a float32 accumulator (layer_conformance.suites.accumulation), the
+    smaller of it and `wide_error_bound`. Both hold for such a layer; the wide one is finite for every length."""
+    worst = error_bound(reduction_length, magnitude, dtype, u_eff)
     if accumulation != "float32":
         return worst
     return np.minimum(worst, wide_error_bound(reduction_length + 1, magnitude, expected, bias_magnitude, dtype))

@@ -448,18 +448,19 @@ class ReferenceMemo:
         return y, m
 
     def error_bound(self, spec: LayerSpec, layer_magnitude: np.ndarray, dtype: str,
-                    accumulation: str | None = None) -> np.ndarray:
+                    accumulation: str | None = None, u_eff: float | None = None) -> np.ndarray:
         """The bound of a layer this memo evaluated (`layer_conformance.suites.bounds.layer_error_bound`, with the accumulator a
-        probe found, if any), computed once per layer, dtype and accumulator."""
+        probe found, if any, and the declared u_eff of the framework's precision mode, if any), computed once
+        per layer, dtype, accumulator and u_eff."""
         entry = next((i for i, seen in enumerate(self._layers) if seen[4] is layer_magnitude), None)
         if entry is None:  # not one of this memo's layers: nothing to share
-            return error_bound(spec.reduction_length, layer_magnitude, dtype)
-        key = (entry, spec.reduction_length, dtype, accumulation)
+            return error_bound(spec.reduction_length, layer_magnitude, dtype, u_eff)
+        key = (entry, spec.reduction_length, dtype, accumulation, u_eff)
         if key not in self._bounds:
             _, _, weights, expected, _ = self._layers[entry]
             bias = np.abs(np.asarray(weights["bias"], np.float64)) if spec.bias and "bias" in weights else 0.0
             self._bounds[key] = layer_error_bound(spec.reduction_length, layer_magnitude, expected, bias, dtype,
-                                                  accumulation)
+                                                  accumulation, u_eff)
         return self._bounds[key]
 
     def __len__(self) -> int:

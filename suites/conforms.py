@@ -96,6 +96,7 @@ def compare_example(layers: Mapping[str, Any], spec: LayerSpec, dtype: str, devi
     `weights` on input `x`: the comparisons, and what could not be judged (infinite bound) with why."""
     from layer_conformance.suites.accumulation import accumulator, not_judged_reason
     from layer_conformance.suites.gradients import gradient_bounds, not_judged_gradient, term_counts
+    from layer_conformance.suites.numerics import declared_u_eff
 
     w64 = _host_weights(weights)
     x64 = x.astype(np.float64)
@@ -115,7 +116,8 @@ def compare_example(layers: Mapping[str, Any], spec: LayerSpec, dtype: str, devi
     if "forward" in checks:
         for side, layer in layers.items():
             found = accumulator(frameworks[side], spec, dtype, device, x) if dtype in HALF else None
-            bound = layer_error_bound(spec.reduction_length, magnitude, expected, bias_magnitude, dtype, found)
+            u_eff = declared_u_eff(frameworks[side], spec, dtype, device)[1]  # TF32 and kin, where in force
+            bound = layer_error_bound(spec.reduction_length, magnitude, expected, bias_magnitude, dtype, found, u_eff)
             judge(side, "output", layer.forward(x), expected,
                   bound, not_judged_reason(spec.reduction_length + 1, dtype, found, "the probe showed no float32 sums"))
     if cotangent is not None and "gradient" in checks:

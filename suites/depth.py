@@ -60,11 +60,12 @@ def _through(variant: Variant, dims: Dims, x: np.ndarray, weights: Weights, fn) 
 
 
 def reference_stack(base: Variant, dims: Dims, x: np.ndarray, stack: list[Weights],
-                    dtype: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Reference activations and composed bounds after each layer (claim layout, float64)."""
+                    dtype: str, u_eff: float | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Reference activations and composed bounds after each layer (claim layout, float64); `u_eff`: a declared
+    precision mode's unit roundoff instead of the dtype's (layer_conformance.suites.numerics)."""
     spec = base.spec(dims)
     n = spec.reduction_length + 1
-    coefficient = bound_coefficient(n, dtype)
+    coefficient = bound_coefficient(n, dtype, u_eff)
     a = np.asarray(x, np.float64)
     e = np.zeros_like(a)
     activations, bounds = [], []

@@ -115,13 +115,17 @@ def variant_gradients(variant: Variant, dims: Dims, x: np.ndarray, weights: Weig
 def gradient_bounds(framework: str, spec: LayerSpec, dtype: str, device: str, layer_x: np.ndarray,
                     out_shape: tuple[int, ...], counts: dict[str, int], magnitude: dict[str, np.ndarray],
                     expected: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str | None]]:
-    """The bound of every gradient (worst case: gamma(n, u) over its `counts` terms), and what the probe of the
-    framework's VJP program found (layer_conformance.suites.accumulation.gradient_accumulators).
+    """The bound of every gradient (worst case: gamma(n, u) over its `counts` terms, u the declared u_eff of
+    the framework's precision mode where it computes in one: layer_conformance.suites.numerics), and what the
+    probe of the framework's VJP program found (layer_conformance.suites.accumulation.gradient_accumulators).
 
     A half-precision kernel or bias gradient whose program the probe shows summing in float32 is judged by
     the smaller of the worst-case and the wide bound (both hold for it): finite for every number of positions.
     """
-    bounds = {name: sum_bound(counts[name], m, dtype) for name, m in magnitude.items()}
+    from layer_conformance.suites.numerics import declared_u_eff
+
+    u_eff = declared_u_eff(framework, spec, dtype, device)[1]
+    bounds = {name: sum_bound(counts[name], m, dtype, u_eff) for name, m in magnitude.items()}
     found = gradient_accumulators(framework, spec, dtype, device, layer_x, out_shape)
     for name, accumulation in found.items():
         if accumulation == WIDE and name in bounds:
