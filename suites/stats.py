@@ -1,6 +1,6 @@
 """Distribution tests in plain NumPy, and each framework's documented default initializers as data.
 
-The init check (suites/test_init.py) draws a layer's default weights and tests them against the
+The init check (suites/checks/init.py) draws a layer's default weights and tests them against the
 distribution its framework documents: a one-sample Kolmogorov-Smirnov test for the random
 initializers plus an exact support check for the bounded ones (KS alone barely tells a normal from
 the truncated normal of the same std), and an exact point mass at 0 for the zero initializers.

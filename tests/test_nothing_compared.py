@@ -68,7 +68,8 @@ def test_a_divergence_that_is_not_run_skips_with_its_reason(monkeypatch, check: 
     planted = divergences.Divergence(
         id="planted-crash", framework="torch", applies=lambda *args: True, summary="planted: kills the process",
         evidence="none", versions={}, ceiling=divergences.DIVERGENCES[0].ceiling, kind="crash", checks=(check,))
-    monkeypatch.setattr("layer_conformance.suites.harness.divergence_for", lambda *args, **kwargs: planted)
+    # the depth and batch checks ask layer_conformance.suites.checks.common whether a variant runs
+    monkeypatch.setattr("layer_conformance.suites.checks.common.divergence_for", lambda *args, **kwargs: planted)
     with pytest.raises(pytest.skip.Exception, match=r"torch\.Linear: not run, documented divergence planted-crash"):
         _run(runner, check)
     assert runner.record["examples"] == 0
@@ -82,7 +83,7 @@ def test_examples_with_nothing_compared_do_not_count(monkeypatch, check: str) ->
     verdicts: list[bool] = []  # per example: nothing compared?
     judge = ClaimRunner._nothing_compared
     monkeypatch.setattr(ClaimRunner, "_nothing_compared",
-                        lambda self, dims, x: verdicts.append(judge(self, dims, x)) or verdicts[-1])
+                        lambda self, outcome: verdicts.append(judge(self, outcome)) or verdicts[-1])
     _run(runner, check, examples=12)
     assert True in verdicts and False in verdicts  # both kinds of example ran
     assert runner.record["examples"] == verdicts.count(False)

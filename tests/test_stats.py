@@ -19,7 +19,8 @@ from layer_conformance.adapters import FRAMEWORKS, LayerSpec, get_adapter
 from layer_conformance.suites.catalog import CLAIMS_BY_ID
 from layer_conformance.suites.stats import (JAX_TRUNCATED_NORMAL_STD, Dist, documented_init, fans, kolmogorov_sf, ks_statistic,
                           ks_test, outside_support, point_mass_zero, truncated_normal_std, uniform_cdf)
-from layer_conformance.suites.test_init import ALPHA, MIN_SAMPLES, check_init
+from layer_conformance.suites.checks.init import ALPHA, MIN_SAMPLES
+from layer_conformance.suites.harness import Case, ClaimRunner
 
 # the xfw-dense row: fan_in 8, fan_out 32; its 4 variants x 2 tensors bound the Bonferroni factor
 FAN_IN, FAN_OUT = 8, 32
@@ -28,6 +29,11 @@ TORCH = 1 / math.sqrt(FAN_IN)
 GLOROT = math.sqrt(6 / (FAN_IN + FAN_OUT))
 THRESHOLD = ALPHA / 8
 POWER_SEEDS = range(20)  # every one of these must reject, not just the lucky one
+
+
+def check_init(claim, record: dict) -> None:
+    """The init check as the suite's test_init runs it: the runner fills `record`; AssertionError on a mismatch."""
+    ClaimRunner(Case(claim, "float32", "cpu"), record, check="init").check_init()
 
 
 # ---- the KS machinery ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Exit 0: the failure no longer reproduces; 1: it does; 2: the file cannot be used
 Frameworks are imported only once the file has been read and the claim found, so `--help` and bad
 input stay fast. The pieces it is made of live where the suites use them too: reading the file
 (`layer_conformance.suites.counterexamples.load_counterexample`), evaluating the example
-(`layer_conformance.suites.harness.evaluate_example`) and re-running a saved crash
+(`layer_conformance.suites.checks.forward.evaluate_example`, the forward check) and re-running a saved crash
 (`layer_conformance.reports.flight.repro_crash`).
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ def _rerun(saved: dict[str, Any], frameworks: list[str] | None) -> int:
     if meta.get("keras_backend") and "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", meta["keras_backend"])  # the backend the failure was seen on
 
-    from layer_conformance.suites.harness import evaluate_example
+    from layer_conformance.suites.checks.forward import evaluate_example
     from layer_conformance.suites.outcomes import Case
 
     runnable, skipped = _select(claim, saved, frameworks)
