@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from . import plots
 from .markdown import (
-    HALF_PRECISION_BOUNDS, MISSING, STATUS_ICON, accumulation_rows, as_dict, as_list, build_matrix, claim_order,
+    DECLARED_MODES, HALF_PRECISION_BOUNDS, MISSING, STATUS_ICON, accumulation_rows, as_dict, declared_rows, as_list, build_matrix, claim_order,
     counterexample_of, divergence_rows, environment_rows,
     format_duration, format_number, relation_of, results_of, skipped_entries, status_icon, status_of,
     summary_counts, text, variant_label,
@@ -174,6 +174,7 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
               for shard in as_list(report.get("shards"))]
     divergences = divergence_rows(report)
     accumulation = accumulation_rows(report)
+    declared = declared_rows(report)
     skips = skipped_entries(report)
     for skip in skips:
         skip["anchor"] = anchors.claim(skip["claim"])
@@ -189,6 +190,8 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
         toc.append(("differ", "Differ claims: separation"))
     if accumulation:
         toc.append(("half-precision", "Half-precision bounds"))
+    if declared:
+        toc.append(("declared-modes", "Declared precision modes"))
     if divergences:
         toc.append(("divergences", f"Documented divergences ({len(divergences)})"))
     if skips:
@@ -213,6 +216,7 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
         "divergences": divergences,
         "accumulation": {"probed": [r for r in accumulation if r["accumulator"]],
                          "unjudged": [r for r in accumulation if r["reason"]], "text": HALF_PRECISION_BOUNDS},
+        "declared": {"rows": declared, "text": DECLARED_MODES},
         "skips": skips,
         "claims": claims,
         "environment": environment_rows(report.get("environment")),

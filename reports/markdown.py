@@ -352,6 +352,37 @@ def accumulation_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+DECLARED_MODES = (
+    "Under --conformance-numerics default, frameworks keep their own settings, and a float32 layer that one of "
+    "them computes in a reduced-precision mode (TF32 on NVIDIA GPUs from Ampere on, read from the framework's "
+    "own flags) is judged by the derived bound with that mode's declared unit roundoff u_eff instead of "
+    "float32's: a difference TF32 explains passes, one beyond it still fails.")
+
+
+def declared_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Per variant and dtype: the declared precision modes it was judged under (rows with `declared_roundoff`)."""
+    from layer_conformance.suites.bounds import DECLARED_ROUNDOFF
+
+    found: dict[tuple[str, str, str], set[str]] = {}
+    for result in results_of(report):
+        key = (text(result.get("dtype")), text(result.get("device")))
+        for variant, modes in as_dict(result.get("declared_roundoff")).items():
+            found.setdefault((variant_label(str(variant), result), *key), set()).update(map(str, as_list(modes)))
+    return [{"variant": variant, "dtype": dtype, "device": device,
+             "mode": ", ".join(f"{m} (u = {DECLARED_ROUNDOFF[m]:.3g})" if m in DECLARED_ROUNDOFF else m
+                               for m in sorted(modes))}
+            for (variant, dtype, device), modes in sorted(found.items())]
+
+
+def _declared_section(report: dict[str, Any]) -> list[str]:
+    rows = declared_rows(report)
+    if not rows:
+        return []
+    return ["## Declared precision modes", "", DECLARED_MODES, ""] + _table(
+        ["Variant", "Dtype", "Device", "Judged under"],
+        [[md_code(r["variant"]), md_escape(r["dtype"]), md_escape(r["device"]), md_escape(r["mode"])] for r in rows])
+
+
 def _accumulation_section(report: dict[str, Any]) -> list[str]:
     rows = accumulation_rows(report)
     if not rows:
@@ -684,7 +715,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     report = as_dict(report)
     sections = [["# Layer conformance report", ""] + _headline(report), _matrix_section(report),
                 _differ_section(report), _failures_section(report), _speed_section(report),
-                _coverage_section(report), _accumulation_section(report), _divergences_section(report),
+                _coverage_section(report), _accumulation_section(report), _declared_section(report),
+                _divergences_section(report),
                 _skips_section(report),
                 _claims_section(report), _environment_section(report)]
     return "\n\n".join("\n".join(section) for section in sections if section) + "\n"

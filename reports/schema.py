@@ -23,10 +23,14 @@ RESULT_KEYS = (
 # - features: results of the checks that draw a geometry (forward, gradient, depth, batch): {feature name
 #   (layer_conformance.suites.features): examples that exercised it}, every feature the claim can exercise, zeros included
 # - accumulation: {variant label: [accumulators its probes found: "float32", or the half dtype]}, for half-
-#   precision forward and batch results (layer_conformance.suites.accumulation); a "float32" variant is judged by the wide bound
+#   precision forward and batch results, and gradient results ("<variant> dkernel", "<variant> dbias": the VJP
+#   program's probe) (layer_conformance.suites.accumulation); a "float32" one is judged by the wide bound
+# - declared_roundoff: {variant label: [declared precision modes, e.g. "tf32"]}: variants judged under a declared
+#   u_eff because their framework computes float32 in that mode (--conformance-numerics default on a GPU;
+#   layer_conformance.suites.numerics)
 # - not_judged: {variant label: why}: comparisons measured but not judged because their bound is infinite;
 #   such a result is `measured`, never `passed`
-OPTIONAL_RESULT_KEYS = ("features", "accumulation", "not_judged")
+OPTIONAL_RESULT_KEYS = ("features", "accumulation", "not_judged", "declared_roundoff")
 
 
 class ReportError(Exception):

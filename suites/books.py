@@ -46,6 +46,7 @@ class Books:
         """Everything a forward example showed, the sample included."""
         self.note_skipped(outcome.skipped)
         self.note_accumulation(outcome.accumulation)
+        self.note_declared(outcome.declared)
         self.note_comparisons(outcome.variants)
         if outcome.separation is not None:
             self.separation = min(self.separation, outcome.separation)
@@ -103,6 +104,14 @@ class Books:
         if label not in seen:
             seen[label] = reason
             self.record["reason"] = NOT_JUDGED_PREFIX + "; ".join(f"{k}: {v}" for k, v in seen.items())
+
+    def note_declared(self, declared: dict[str, str]) -> None:
+        """record["declared_roundoff"]: per variant, the declared precision modes (TF32, ...) it was judged under
+        (layer_conformance.suites.numerics); absent when every variant computes in its dtype."""
+        for label, mode in declared.items():
+            modes = self.record.setdefault("declared_roundoff", {}).setdefault(label, [])
+            if mode not in modes:
+                modes.append(mode)
 
     def note_accumulation(self, found: dict[str, str | None]) -> None:
         """record["accumulation"]: per variant, the accumulators its probes found (layer_conformance.suites.accumulation)."""

@@ -174,6 +174,7 @@ class ClaimRunner:
         seed = data.draw(SEEDS, label="cotangent seed")
         outcome = check_gradient(self.case, dims, x, weights, seed, self.runnable)
         self.books.note_skipped(outcome.skipped)
+        self.books.note_declared(outcome.declared)
         self.books.note_accumulation(outcome.accumulation)
         self.books.note_comparisons(outcome.comparisons)
         if not outcome.compared and not outcome.failures and self.record["examples"] == 0:
@@ -191,6 +192,7 @@ class ClaimRunner:
         seed = data.draw(SEEDS, label="seed")
         outcome = check_depth(self.case, dims, depth, seed, self.runnable)
         self.books.note_skipped(outcome.skipped)
+        self.books.note_declared(outcome.declared)
         self.books.note_depth_curve(outcome.depth_curve)
         self.books.note_comparisons(outcome.comparisons)
         if self._nothing_compared(outcome):
@@ -205,6 +207,7 @@ class ClaimRunner:
         dims, x, weights, style = self.draw(data)
         outcome = check_batch(self.case, dims, x, weights, self.runnable)
         self.books.note_skipped(outcome.skipped)
+        self.books.note_declared(outcome.declared)
         self.books.note_accumulation(outcome.accumulation)
         self.books.note_comparisons(outcome.comparisons)
         if self._nothing_compared(outcome):

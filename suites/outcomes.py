@@ -61,6 +61,7 @@ class ExampleOutcome:
     failures: list[str] = field(default_factory=list)
     device_agreement: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> (error, ratio)
     accumulation: dict[str, str | None] = field(default_factory=dict)  # label -> what its probe found (accumulator)
+    declared: dict[str, str] = field(default_factory=dict)  # label -> the declared precision mode it is judged under
     # `equal` rows: ((a, b), max |y_a - y_b|, that over bound_a + bound_b) for every pair of variants it judged
     pairwise: list[tuple[tuple[str, str], float, float]] = field(default_factory=list)
 
@@ -138,6 +139,7 @@ class CheckOutcome:
     skipped: dict[str, str] = field(default_factory=dict)  # variants not run on this example: label -> why
     not_compared: dict[str, str] = field(default_factory=dict)  # skipped, and those whose documented error was asserted
     accumulation: dict[str, str | None] = field(default_factory=dict)  # label -> what its probe found (batch)
+    declared: dict[str, str] = field(default_factory=dict)  # label -> the declared precision mode it is judged under
     depth_curve: dict[str, list[float]] = field(default_factory=dict)  # depth: label -> bound ratio per layer run
     failures: list[str] = field(default_factory=list)
 

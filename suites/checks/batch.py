@@ -13,6 +13,7 @@ from layer_conformance.suites.accumulation import accumulator, not_judged_reason
 from layer_conformance.suites.bounds import bound_ratio, error_bound, layer_error_bound, vacuous
 from layer_conformance.suites.catalog import Variant
 from layer_conformance.suites.checks.common import beyond_ceiling, why_not_run
+from layer_conformance.suites.numerics import declared_u_eff
 from layer_conformance.suites.outcomes import Case, CheckOutcome, Comparison
 from layer_conformance.suites.strategies import Dims
 
@@ -37,11 +38,14 @@ def check_batch(case: Case, dims: Dims, x: np.ndarray, weights: Weights, variant
         found = {accumulator(variant.framework, spec, dtype, device, sample) for sample in (layer_x, one_x)}
         accumulation = found.pop() if len(found) == 1 else None  # the batch and the one-sample program alike
         outcome.accumulation[label] = accumulation
+        mode, u_eff = declared_u_eff(variant.framework, spec, dtype, device)  # e.g. TF32 under default numerics
+        if mode:
+            outcome.declared[label] = mode
         layer = get_adapter(variant.framework).build(spec, layer_w, dtype, device)
         expected, magnitude = reference.forward_and_magnitude(spec, layer_x, layer_w)
         bias = np.abs(layer_w["bias"].astype(np.float64)) if "bias" in layer_w else 0.0
         bound = variant.y_out(layer_error_bound(spec.reduction_length, magnitude, expected, bias, dtype,
-                                                accumulation), dims)
+                                                accumulation, u_eff), dims)
         ceiling = variant.y_out(error_bound(spec.reduction_length, magnitude, divergence.ceiling.bound_dtype(
             dtype)), dims) if divergence else bound
         full = variant.y_out(layer.forward(layer_x), dims)

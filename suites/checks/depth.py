@@ -12,6 +12,7 @@ from layer_conformance.suites.bounds import bound_ratio, vacuous
 from layer_conformance.suites.catalog import Variant
 from layer_conformance.suites.checks.common import beyond_ceiling, why_not_run
 from layer_conformance.suites.depth import framework_stack, layer_weights, reference_stack
+from layer_conformance.suites.numerics import declared_u_eff
 from layer_conformance.suites.outcomes import Case, CheckOutcome, Comparison
 from layer_conformance.suites.strategies import Dims, random_array
 
@@ -35,11 +36,15 @@ def check_depth(case: Case, dims: Dims, depth: int, seed: int, variants: list[Va
             outcome.skipped[label] = outcome.not_compared[label] = reason
             continue
         outcome.compared.append(label)
+        mode, u_eff = declared_u_eff(variant.framework, variant.spec(dims), dtype, device)  # e.g. TF32
+        own = reference_stack(base, dims, x, stack, dtype, u_eff)[1] if mode else bounds
+        if mode:
+            outcome.declared[label] = mode
         ceilings = reference_stack(base, dims, x, stack, divergence.ceiling.bound_dtype(dtype))[1] \
-            if divergence else bounds
+            if divergence else own
         outputs = framework_stack(variant, dims, x, stack, dtype, device)
         curve = outcome.depth_curve[label] = []  # the bound ratio at each depth run
-        for level, (y, ref, bound) in enumerate(zip(outputs, activations, bounds)):
+        for level, (y, ref, bound) in enumerate(zip(outputs, activations, own)):
             error, ratio, index = bound_ratio(y, ref, bound)
             curve.append(ratio)
             if divergence:  # judged against its ceiling only

@@ -14,7 +14,9 @@ import numpy as np
 from layer_conformance.adapters import get_adapter
 from layer_conformance.adapters.spec import LayerSpec, Weights
 from layer_conformance.suites.accumulation import accumulator, not_judged_reason
-from layer_conformance.suites.bounds import ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound, vacuous
+from layer_conformance.suites.bounds import (DECLARED_ROUNDOFF, ROUNDOFF_LABEL, bound_ratio, bound_ratios, error_bound,
+                                            vacuous)
+from layer_conformance.suites.numerics import declared_u_eff
 from layer_conformance.suites.catalog import Reference, ReferenceMemo, Variant, evaluate_reference
 from layer_conformance.suites.divergences import Divergence, ceiling_failure, divergence_for
 from layer_conformance.suites.outcomes import Case, ExampleOutcome, VariantOutcome
@@ -56,8 +58,11 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
             continue
         accumulation = accumulator(variant.framework, spec, dtype, device, layer_x)
         outcome.accumulation[label] = accumulation
+        mode, u_eff = declared_u_eff(variant.framework, spec, dtype, device)  # e.g. TF32 under default numerics
+        if mode:
+            outcome.declared[label] = mode
         layer_y = adapter.build(spec, layer_w, dtype, device).forward(layer_x).astype(np.float64)
-        layer_bound = memo.error_bound(spec, ref.layer_magnitude, dtype, accumulation)  # shared by variants alike
+        layer_bound = memo.error_bound(spec, ref.layer_magnitude, dtype, accumulation, u_eff)  # shared by variants alike
         y, bound = variant.y_out(layer_y, dims), variant.y_out(layer_bound, dims)
         later: list[str] = []  # this variant's failures after its bound check, in the order they are listed
         if device != "cpu" and not adapter.supports(spec, dtype, "cpu"):  # the same weights on the host
@@ -88,7 +93,8 @@ def evaluate_example(case: Case, dims: Dims, x: np.ndarray, weights: Weights,
         elif vacuous(bound):
             v.not_judged = not_judged_reason(spec.reduction_length + 1, dtype, outcome.accumulation.get(label))
         elif not ratio <= 1.0:
-            v.failure = _failure_line(label, spec, dtype, y, want, bound, index, error, ratio)
+            v.failure = _failure_line(label, spec, dtype, y, want, bound, index, error, ratio,
+                                      outcome.declared.get(label))
             outcome.failures.append(v.failure)
         outcome.failures.extend(later)
         outcome.variants.append(v)
@@ -117,8 +123,9 @@ def pairwise_ratios(results: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[t
 
 
 def _failure_line(label: str, spec: LayerSpec, dtype: str, y: np.ndarray, expected: np.ndarray,
-                  bound: np.ndarray, index: tuple[int, ...], error: float, ratio: float) -> str:
+                  bound: np.ndarray, index: tuple[int, ...], error: float, ratio: float, mode: str | None = None) -> str:
     at = f" at output index {index}: got {y[index]:.9g}, reference {expected[index]:.9g}" if index else ""
+    u = f"{DECLARED_ROUNDOFF[mode]:.3g}, the declared {mode} mode" if mode else ROUNDOFF_LABEL[dtype]
     return (f"{label} exceeds the error bound: max |y - y_ref| = {error:.3g} is {ratio:.3g}x the bound "
-            f"(gamma(K+1, u) * |W||x|+|b|, K={spec.reduction_length}, u={ROUNDOFF_LABEL[dtype]}){at}, "
+            f"(gamma(K+1, u) * |W||x|+|b|, K={spec.reduction_length}, u={u}){at}, "
             f"bound there {bound[index] if index else float('nan'):.3g}; layer {spec.describe()}")

@@ -14,6 +14,7 @@ from layer_conformance.suites.catalog import Variant, evaluate_reference
 from layer_conformance.suites.checks.common import beyond_ceiling
 from layer_conformance.suites.divergences import divergence_for, expect_raise
 from layer_conformance.suites.gradients import bound_in, compare, not_judged, variant_gradients
+from layer_conformance.suites.numerics import declared_u_eff
 from layer_conformance.suites.outcomes import Case, CheckOutcome, Comparison, Raised
 from layer_conformance.suites.strategies import Dims, random_array
 
@@ -49,6 +50,9 @@ def check_gradient(case: Case, dims: Dims, x: np.ndarray, weights: Weights, cota
             outcome.not_compared[label] = f"the gradient of {label} raises, documented divergence {known.id}"
             continue
         outcome.compared.append(label)
+        mode = declared_u_eff(variant.framework, spec, dtype, device)[0]  # its gradient bounds use the mode's u
+        if mode:
+            outcome.declared[label] = mode
         grads = variant_gradients(variant, dims, x, weights, cotangent, dtype, device)
         terms = max(terms, *grads["terms"].values())
         expected = expected or grads["reference"]
