@@ -381,10 +381,9 @@ class KerasAdapter(Adapter):
         return KerasLayer(self, spec, "float32", "cpu", layer).weights()
 
     def declared_roundoff(self, spec: LayerSpec, dtype: str, device: str) -> str | None:
-        from . import precision
+        from .precision import jax_declared, tensorflow_declared, torch_declared
 
-        declared = {"tensorflow": precision.tensorflow_declared, "jax": precision.jax_declared,
-                    "torch": precision.torch_declared}[BACKEND]
+        declared = {"tensorflow": tensorflow_declared, "jax": jax_declared, "torch": torch_declared}[BACKEND]
         return declared(spec, dtype, device)
 
     def set_numerics(self, mode: str) -> None:
