@@ -91,6 +91,24 @@ class Divergence:
 
 SEGFAULT_CEILING = Ceiling("not run in-process (the process dies with SIGSEGV); re-checked in a child process every run")
 
+def _bf16_strided_length_one(spec: LayerSpec, dtype: str, shape: tuple[int, ...]) -> bool:
+    """A bfloat16 (or mixed_bfloat16) convolution with a strided axis whose input length is 1: where the CPU
+    bfloat16 backward-weights kernels of TensorFlow and of torch (both oneDNN) return NaN in some runs."""
+    return (compute_dtype(dtype) == "bfloat16" and spec.kind == "conv"
+            and any(s > 1 and n == 1 for s, n in zip(spec.strides, shape[1:-1])))
+
+
+_TORCH_BF16_NAN_EVIDENCE = (
+    "torch 2.13.0+cpu alone: Conv1d(8, 16, 5, stride=2, padding=2) in bfloat16 on a length-1 input, backward "
+    "with a random cotangent: weight.grad has NaN in 62 of 200 runs on a channels-last view and 200 of 200 on a "
+    "contiguous input (batch 1), 0 of 200 for lengths 2, 3 and 5 and in float32. A sweep of 1344 Conv1d "
+    "geometries (1 or 8 input channels, 1 or 16 output, kernel 1/3/5, stride 1-3, padding 0 or 2, length 1/2/5, "
+    "contiguous and channels-last, bfloat16 and autocast(bfloat16), batch 1 and 3; 10 runs each): NaN in 8 of "
+    "the 256 geometries with a strided length-1 axis, in none of the other 1088. The thorough run saw it at "
+    "conv2d(1->1, k=(1,1), s=(3,2)) on (3, 7, 1, 1) under mixed_bfloat16 (torch.Conv2d and Keras Conv2D on the "
+    "torch backend), which hypothesis could not replay (FlakyFailure). The same rule as "
+    "tf-bf16-conv-backprop-filter-nan: both frameworks run oneDNN's bfloat16 backward-weights kernel on CPU.")
+
 DIVERGENCES: tuple[Divergence, ...] = (
     Divergence(
         id="keras-torch-float64-matmul",
@@ -112,8 +130,7 @@ DIVERGENCES: tuple[Divergence, ...] = (
         id="tf-bf16-conv-backprop-filter-nan",
         framework="keras",
         applies=lambda spec, dtype, backend, shape: (
-            backend == "tensorflow" and dtype in ("bfloat16", "mixed_bfloat16") and spec.kind == "conv"
-            and any(s > 1 and n == 1 for s, n in zip(spec.strides, shape[1:-1]))),
+            backend == "tensorflow" and _bf16_strided_length_one(spec, dtype, shape)),
         versions={"tensorflow": "==2.21.0"},
         ceiling=Ceiling("NaN only: every finite value of the kernel gradient within the normal bound",
                         exempt_nan=True),
@@ -124,6 +141,36 @@ DIVERGENCES: tuple[Divergence, ...] = (
                  "filter_sizes=[1, 1, 1, 1], out_backprop=ones, strides=[1, 1, 2, 1], padding='SAME') in bfloat16 "
                  "gave NaN in 7 of 20 runs (0.75 otherwise); stride 2 with length 1 and kernel 1 or 2, SAME or "
                  "VALID: 5-8 of 20; lengths 2, 3, 5 and stride 3: 0 of 20; float16 and float32: never.",
+        checks=("gradient",),
+        gradients=("kernel",),
+    ),
+    Divergence(
+        id="torch-bf16-conv-backward-weights-nan",
+        framework="torch",
+        applies=lambda spec, dtype, backend, shape: _bf16_strided_length_one(spec, dtype, shape),
+        versions={"torch": "==2.13.0"},
+        devices=("cpu",),
+        ceiling=Ceiling("NaN only: every finite value of the kernel gradient within the normal bound",
+                        exempt_nan=True),
+        summary="torch's CPU bfloat16 convolution backward (bfloat16 and autocast(bfloat16)) returns NaN in the "
+                "kernel gradient in some runs when a strided axis has input length 1; the forward pass and the "
+                "input gradient are right.",
+        evidence=_TORCH_BF16_NAN_EVIDENCE,
+        checks=("gradient",),
+        gradients=("kernel",),
+    ),
+    Divergence(
+        id="keras-torch-bf16-conv-backward-weights-nan",
+        framework="keras",
+        applies=lambda spec, dtype, backend, shape: backend == "torch" and _bf16_strided_length_one(spec, dtype, shape),
+        versions={"torch": "==2.13.0", "keras": "==3.15.1"},
+        devices=("cpu",),
+        ceiling=Ceiling("NaN only: every finite value of the kernel gradient within the normal bound",
+                        exempt_nan=True),
+        summary="Keras Conv1D/Conv2D on the torch backend computes its gradient with torch's CPU bfloat16 "
+                "convolution backward, which returns NaN in the kernel gradient in some runs when a strided axis "
+                "has input length 1 (torch-bf16-conv-backward-weights-nan).",
+        evidence=_TORCH_BF16_NAN_EVIDENCE,
         checks=("gradient",),
         gradients=("kernel",),
     ),
@@ -297,15 +344,21 @@ def divergence_for(framework: str, spec: LayerSpec, dtype: str, check: str = "fo
                    shape: tuple[int, ...] = (), gradient: str | None = None, device: str = "cpu") -> Divergence | None:
     """The documented divergence this variant (with this layer-input shape) falls under in this check, if any.
 
-    Only inside the divergence's version scope: on other versions the variant is judged normally.
+    Only inside the divergence's version scope: on other versions the variant is judged normally. Where
+    several apply, the gravest kind wins (a crash, then an exception, then a numeric one), whatever their
+    order: a variant that would kill the process is never run because a milder divergence matched first.
     """
+    found = []
     for divergence in DIVERGENCES:
         if divergence.framework == framework and check in divergence.checks and device in divergence.devices \
                 and (gradient is None or gradient in divergence.gradients):
             backend = keras_backend() if framework == "keras" else None
             if divergence.applies(spec, dtype, backend, tuple(shape)) and in_scope(divergence):
-                return divergence
-    return None
+                found.append(divergence)
+    return min(found, key=lambda d: _GRAVITY.index(d.kind), default=None)
+
+
+_GRAVITY = ("crash", "exception", "numeric")
 
 
 def by_id(divergence_id: str) -> Divergence:

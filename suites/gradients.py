@@ -109,6 +109,7 @@ def variant_gradients(variant: Variant, dims: Dims, x: np.ndarray, weights: Weig
     result["bound"], result["accumulation"] = gradient_bounds(  # type: ignore[assignment]
         variant.framework, spec, dtype, device, layer_x, out.shape, counts, result["magnitude"], result["reference"])
     result["terms"] = counts  # type: ignore[assignment]  (ints: what bound_in needs for another dtype)
+    result["dtype"] = dtype  # type: ignore[assignment]
     return result
 
 
@@ -151,7 +152,10 @@ def not_judged_gradient(name: str, terms: int, dtype: str, found: dict[str, str 
 
 
 def bound_in(grads: dict[str, dict[str, Any]], name: str, dtype: str) -> np.ndarray:
-    """One gradient's bound as if computed in `dtype` (a divergence's ceiling): same terms, same magnitude."""
+    """One gradient's bound as if computed in `dtype` (a divergence's ceiling): same terms, same magnitude. In the
+    gradients' own dtype it is their bound (the probed wide bound included), never the looser worst case."""
+    if dtype == grads.get("dtype"):
+        return grads["bound"][name]
     return sum_bound(grads["terms"][name], grads["magnitude"][name], dtype)
 
 

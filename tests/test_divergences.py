@@ -7,6 +7,7 @@ check failing where it must.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -360,3 +361,64 @@ def test_malformed_divergences_are_rejected(changes, message):
     bad = dataclasses.replace(by_id("keras-torch-float64-matmul"), **changes)
     with pytest.raises(ValueError, match=message):
         divergences._validate((bad,))
+
+
+# ---- bfloat16 backward-weights NaN (torch and Keras on torch) ---------------------------------------------
+def test_bf16_backward_weights_nan_rule(versions, monkeypatch):
+    """A strided axis of input length 1, bfloat16 compute, the kernel gradient only; the gravest kind wins."""
+    conv = LayerSpec.conv(8, 16, (5,), strides=(2,), padding=((2, 2),))
+    match = divergences.divergence_for
+    found = match("torch", conv, "bfloat16", "gradient", (1, 1, 8), gradient="kernel")
+    assert found and found.id == "torch-bf16-conv-backward-weights-nan" and found.ceiling.exempt_nan
+    assert match("torch", conv, "mixed_bfloat16", "gradient", (3, 1, 8), gradient="kernel") is found
+    assert match("torch", conv, "bfloat16", "gradient", (1, 2, 8), gradient="kernel") is None  # length 2
+    assert match("torch", conv.with_(strides=(1,)), "bfloat16", "gradient", (1, 1, 8), gradient="kernel") is None
+    assert match("torch", conv, "float32", "gradient", (1, 1, 8), gradient="kernel") is None
+    assert match("torch", conv, "bfloat16", "gradient", (1, 1, 8), gradient="input") is None
+    assert match("torch", conv, "bfloat16", "forward", (1, 1, 8)) is None
+    monkeypatch.setattr(divergences, "keras_backend", lambda: "torch")
+    assert match("keras", conv, "mixed_bfloat16", "gradient", (1, 1, 8), gradient="kernel").id == \
+        "keras-torch-bf16-conv-backward-weights-nan"
+    versions(torch="2.14.0")
+    assert match("torch", conv, "bfloat16", "gradient", (1, 1, 8), gradient="kernel") is None  # out of scope
+
+
+def test_a_crash_divergence_wins_over_a_numeric_one(versions):
+    """The padding-only crash geometry in bfloat16 also has a strided length-1 axis: it is not run, whatever order
+    the divergences are listed in."""
+    crash = LayerSpec.conv(3, 12, (1,), strides=(2,), padding=((1, 1),), dilation=(2,))
+    for order in (divergences.DIVERGENCES, tuple(reversed(divergences.DIVERGENCES))):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(divergences, "DIVERGENCES", order)
+            found = divergences.divergence_for("torch", crash, "bfloat16", "gradient", (2, 1, 3), gradient="kernel")
+            assert found.kind == "crash", found.id
+
+
+def test_bf16_backward_weights_nans_stay_inside_the_rule(versions):
+    """torch alone: NaN in bfloat16 kernel gradients only where a strided axis has length 1 (96 Conv1d geometries,
+    bfloat16 and autocast, contiguous and channels-last, 10 runs each). Outside its versions, nothing to re-check."""
+    torch = pytest.importorskip("torch")
+    if not divergences.in_scope(by_id("torch-bf16-conv-backward-weights-nan")):
+        pytest.skip("torch-bf16-conv-backward-weights-nan is scoped to torch 2.13.0")
+    torch.manual_seed(0)
+    outside = []
+    for k, padding, length, channels_last, autocast, batch in itertools.product(
+            (3, 5), (0, 2), (1, 2, 3), (False, True), (False, True), (1, 3)):
+        if length + 2 * padding < k:
+            continue
+        conv = torch.nn.Conv1d(8, 16, k, stride=2, padding=padding)
+        if not autocast:
+            conv = conv.to(torch.bfloat16)
+        spec = LayerSpec.conv(8, 16, (k,), strides=(2,), padding=((padding, padding),))
+        for _ in range(10):
+            x = torch.randn(batch, length, 8, dtype=torch.float32 if autocast else torch.bfloat16).permute(0, 2, 1)
+            x = (x if channels_last else x.contiguous()).requires_grad_(True)
+            conv.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y = conv(x)
+            y.backward(torch.randn_like(y))
+            ruled = divergences.divergence_for("torch", spec, "mixed_bfloat16" if autocast else "bfloat16",
+                                               "gradient", (batch, length, 8), gradient="kernel")
+            if torch.isnan(conv.weight.grad).any() and ruled is None:
+                outside.append((k, padding, length, channels_last, autocast, batch))
+    assert not outside, f"NaN kernel gradients outside the documented rule: {outside}"
