@@ -223,11 +223,52 @@ def test_a_nan_gradient_probe_does_not_buy_the_worst_case_bound(monkeypatch):
 
 
 def test_torch_sums_bfloat16_weight_gradients_in_float32():
+    """bfloat16: float32 throughout. float16: each sample's sum in float32, the samples' sums added in float16
+    (the cross-block probe shows it; the pattern probe alone misses it)."""
     pytest.importorskip("torch")
-    for dtype in ("bfloat16", "float16", "mixed_bfloat16"):
-        conv = LayerSpec.conv(4, 8, (3, 3), padding="same")
+    conv = LayerSpec.conv(4, 8, (3, 3), padding="same")
+    for dtype in ("bfloat16", "mixed_bfloat16"):
         assert gradient_accumulators("torch", conv, dtype, "cpu", np.zeros((2, 15, 17, 4)), (2, 15, 17, 8)) == \
             {"kernel": WIDE, "bias": WIDE}
+    for dtype in ("float16", "mixed_float16"):
+        assert gradient_accumulators("torch", conv, dtype, "cpu", np.zeros((2, 15, 17, 4)), (2, 15, 17, 8)) == \
+            {"kernel": "float16", "bias": WIDE}
+
+
+class _BlockSums:
+    """A stand-in dense layer whose VJP sums each sample's positions in float32 and adds the samples' sums in
+    the half dtype: what torch's CPU float16 convolution backward does."""
+
+    def build(self, spec, weights, dtype, device):
+        class Layer:
+            def vjp(self, x, g):
+                x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
+                half = numpy_dtype(dtype).type
+                blocks = np.array_split(np.arange(len(x64)), 4)  # four samples
+                kernel = np.zeros((x64.shape[1], g64.shape[1]))
+                bias = np.zeros(g64.shape[1])
+                for rows in blocks:
+                    kernel = (kernel + (x64[rows].T @ g64[rows]).astype(np.float32).astype(numpy_dtype(dtype))
+                              ).astype(numpy_dtype(dtype)).astype(np.float64)
+                    bias = np.array([float(half(b + float(half(s)))) for b, s in zip(bias, g64[rows].sum(0))])
+                return np.zeros_like(x), {"kernel": kernel.astype(numpy_dtype(dtype)),
+                                          "bias": bias.astype(numpy_dtype(dtype))}
+
+        return Layer()
+
+
+def test_the_cross_block_probe_finds_sums_added_in_the_half_dtype(monkeypatch):
+    """Per-sample float32 sums added in float16: the pattern probe is fooled (its sums per block are exact), the
+    cross-block probe is not, so the gradient is judged by the worst-case bound, not the wide one."""
+    spec = LayerSpec.dense(3, 2)
+    monkeypatch.setattr(accumulation, "_FOUND", {})
+    monkeypatch.setattr(accumulation, "get_adapter", lambda name: _BlockSums())
+    found = gradient_accumulators("blocks", spec, "float16", "cpu", np.zeros((400, 3)), (400, 2))
+    assert found == {"kernel": "float16", "bias": "float16"}
+    monkeypatch.setattr(accumulation, "_FOUND", {})
+    monkeypatch.setattr(accumulation, "_cross_block_probe", lambda *args: {})  # the pattern probe alone
+    assert gradient_accumulators("blocks", spec, "float16", "cpu", np.zeros((400, 3)), (400, 2)) == \
+        {"kernel": WIDE, "bias": WIDE}
 
 
 CONV_SPEC = LayerSpec.conv(3, 2, (5,), strides=(2,), padding="same")

@@ -369,7 +369,7 @@ def test_bf16_backward_weights_nan_rule(versions, monkeypatch):
     conv = LayerSpec.conv(8, 16, (5,), strides=(2,), padding=((2, 2),))
     match = divergences.divergence_for
     found = match("torch", conv, "bfloat16", "gradient", (1, 1, 8), gradient="kernel")
-    assert found and found.id == "torch-bf16-conv-backward-weights-nan" and found.ceiling.exempt_nan
+    assert found and found.id == "torch-bf16-conv-backward-weights-nan" and found.ceiling.exempt_unread
     assert match("torch", conv, "mixed_bfloat16", "gradient", (3, 1, 8), gradient="kernel") is found
     assert match("torch", conv, "bfloat16", "gradient", (1, 2, 8), gradient="kernel") is None  # length 2
     assert match("torch", conv.with_(strides=(1,)), "bfloat16", "gradient", (1, 1, 8), gradient="kernel") is None
@@ -422,3 +422,15 @@ def test_bf16_backward_weights_nans_stay_inside_the_rule(versions):
             if torch.isnan(conv.weight.grad).any() and ruled is None:
                 outside.append((k, padding, length, channels_last, autocast, batch))
     assert not outside, f"NaN kernel gradients outside the documented rule: {outside}"
+
+
+def test_unread_exemption_covers_only_elements_no_product_reaches():
+    """The torch bfloat16 ceiling: any value where the reference's magnitude is 0 (taps that read only padding),
+    the normal bound everywhere else; without the magnitude nothing is exempt that way."""
+    ceiling = by_id("torch-bf16-conv-backward-weights-nan").ceiling
+    reference, bound, magnitude = np.array([0.0, 2.0, 3.0]), np.full(3, 1e-3), np.array([0.0, 2.5, 3.5])
+    assert ceiling.judge(np.array([-0.477, 2.0, 3.0]), reference, bound, magnitude)[1] == 0.0
+    assert ceiling.judge(np.array([np.nan, 2.0, 3.0]), reference, bound, magnitude)[1] == 0.0
+    assert ceiling.judge(np.array([0.0, np.nan, 3.0]), reference, bound, magnitude)[1] > 1.0, "a read element"
+    assert ceiling.judge(np.array([0.0, 2.0, 3.002]), reference, bound, magnitude)[1] > 1.0
+    assert ceiling.judge(np.array([-0.477, 2.0, 3.0]), reference, bound)[1] > 1.0

@@ -30,10 +30,11 @@ def why_not_run(variant: Variant, dims: Dims, x: np.ndarray, case: Case,
 
 def beyond_ceiling(label: str, divergence: Divergence, y: np.ndarray, expected: np.ndarray,
                    ceiling_bound: np.ndarray, error: float, ratio: float,
-                   where: str = "") -> tuple[Comparison, str | None]:
+                   where: str = "", magnitude: np.ndarray | None = None) -> tuple[Comparison, str | None]:
     """A divergent variant's comparison (its error and ratio against the normal bound, and against its
-    ceiling); and the failure line if it is beyond the divergence's ceiling."""
-    c_error, c_ratio, index = divergence.ceiling.judge(y, expected, ceiling_bound)
+    ceiling); and the failure line if it is beyond the divergence's ceiling (`magnitude`: the reference's,
+    for a ceiling that exempts unread elements)."""
+    c_error, c_ratio, index = divergence.ceiling.judge(y, expected, ceiling_bound, magnitude)
     comparison = Comparison(label, error, ratio, divergence.id, c_ratio)
     if c_ratio <= 1.0:
         return comparison, None

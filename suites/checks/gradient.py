@@ -64,7 +64,7 @@ def check_gradient(case: Case, dims: Dims, x: np.ndarray, weights: Weights, cota
             if divergence:  # judged against its ceiling only
                 ceiling = bound_in(grads, name, divergence.ceiling.bound_dtype(dtype))
                 comparison, beyond = beyond_ceiling(gradient, divergence, grads["framework"][name], expected[name],
-                                                    ceiling, error, ratio)
+                                                    ceiling, error, ratio, magnitude=grads["magnitude"][name])
                 outcome.comparisons.append(comparison)
                 outcome.failures.extend([beyond] if beyond else [])
                 continue
