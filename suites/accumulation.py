@@ -247,5 +247,5 @@ def not_judged_reason(terms: int, dtype: str, accumulation: str | None, what: st
     """Why a comparison is measured but not judged: its worst-case bound is infinite and no probe showed a float32
     accumulator (the only model under which a finite bound is derived)."""
     why = (f"its probe found it summing in {accumulation}" if accumulation
-           else what if what.startswith("its probe") else "its accumulator is not probed" + (f" ({what})" if what else ""))
+           else "no probe showed a float32 accumulator" + (f" ({what})" if what else ""))
     return f"the {dtype} worst-case bound is infinite for {terms} terms (n u >= 1), and {why}"

@@ -147,7 +147,7 @@ def not_judged_gradient(name: str, terms: int, dtype: str, found: dict[str, str 
     elif name not in found:
         what = "too few output positions for the probe"
     else:
-        what = "its probe could not tell: no kernel element sums every output position"
+        what = "the probes could not tell float32 from half-precision sums for this geometry"
     return not_judged_reason(terms, dtype, found.get(name), what)
 
 
