@@ -189,7 +189,8 @@ def gradient_accumulators(framework: str, spec: LayerSpec, dtype: str, device: s
                  for name in expected if name in grads}
         if WIDE in found.values():  # shown for the pattern: now for sums taken in blocks, then added in the dtype
             blocked = _cross_block_probe(framework, spec, dtype, device, ones, weights, out_shape)
-            found = {name: blocked.get(name, verdict) if verdict == WIDE else verdict for name, verdict in found.items()}
+            # WIDE only where the cross-block probe shows it too; None (the worst-case bound) where it cannot run
+            found = {name: blocked.get(name) if verdict == WIDE else verdict for name, verdict in found.items()}
         _FOUND[key] = found
     return dict(_FOUND[key])
 

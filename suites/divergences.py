@@ -113,7 +113,7 @@ _TORCH_BF16_NAN_EVIDENCE = (
     "contiguous and channels-last, bfloat16 and autocast(bfloat16), batch 1 and 3; 10 runs each): NaN in 8 of "
     "the 256 geometries with a strided length-1 axis, in none of the other 1088. The thorough run saw it at "
     "conv2d(1->1, k=(1,1), s=(3,2)) on (3, 7, 1, 1) under mixed_bfloat16 (torch.Conv2d and Keras Conv2D on the "
-    "torch backend), which hypothesis could not replay (FlakyFailure). The same rule as "
+    "torch backend), which hypothesis could not replay: it failed once and passed on replay. The same rule as "
     "tf-bf16-conv-backprop-filter-nan: both frameworks run oneDNN's bfloat16 backward-weights kernel on CPU. "
     "Not only NaN: autocast(bfloat16) Conv1d(3, 1, 2, stride=3, padding=1) on length-1 inputs, 600 runs: the "
     "kernel tap that reads only padding (exactly 0) held a finite nonzero value in 55 and NaN in 2, which "

@@ -266,9 +266,35 @@ def test_the_cross_block_probe_finds_sums_added_in_the_half_dtype(monkeypatch):
     found = gradient_accumulators("blocks", spec, "float16", "cpu", np.zeros((400, 3)), (400, 2))
     assert found == {"kernel": "float16", "bias": "float16"}
     monkeypatch.setattr(accumulation, "_FOUND", {})
-    monkeypatch.setattr(accumulation, "_cross_block_probe", lambda *args: {})  # the pattern probe alone
+    # the pattern probe alone (a cross-block probe that agrees with whatever it is asked about) is fooled
+    monkeypatch.setattr(accumulation, "_cross_block_probe", lambda *args: {"kernel": WIDE, "bias": WIDE})
     assert gradient_accumulators("blocks", spec, "float16", "cpu", np.zeros((400, 3)), (400, 2)) == \
         {"kernel": WIDE, "bias": WIDE}
+
+
+class _ExactSums:
+    """A stand-in dense layer whose VJP is exact, rounded once to the dtype (a float32 accumulator)."""
+
+    def build(self, spec, weights, dtype, device):
+        class Layer:
+            def vjp(self, x, g):
+                x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
+                return np.zeros_like(x), {"kernel": (x64.T @ g64).astype(numpy_dtype(dtype)),
+                                          "bias": g64.sum(0).astype(numpy_dtype(dtype))}
+
+        return Layer()
+
+
+def test_a_float32_accumulator_needs_both_probes(monkeypatch):
+    """Exact sums: float32 where both probes run; with 4 positions the pattern probe says float32 but the
+    cross-block probe cannot run, so there is no verdict (the worst-case bound, finite at 4 terms)."""
+    monkeypatch.setattr(accumulation, "_FOUND", {})
+    monkeypatch.setattr(accumulation, "get_adapter", lambda name: _ExactSums())
+    spec = LayerSpec.dense(3, 2)
+    assert gradient_accumulators("exact", spec, "float16", "cpu", np.zeros((400, 3)), (400, 2)) == \
+        {"kernel": WIDE, "bias": WIDE}
+    assert gradient_accumulators("exact", spec, "float16", "cpu", np.zeros((4, 3)), (4, 2)) == \
+        {"kernel": None, "bias": None}
 
 
 CONV_SPEC = LayerSpec.conv(3, 2, (5,), strides=(2,), padding="same")
