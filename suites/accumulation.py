@@ -176,13 +176,8 @@ def gradient_accumulators(framework: str, spec: LayerSpec, dtype: str, device: s
         weights = {"kernel": np.zeros(spec.kernel_shape(), numpy_dtype(dtype)),
                    **({"bias": np.zeros(spec.out_features, numpy_dtype(dtype))} if spec.bias else {})}
         ones = np.ones_like(x, dtype=numpy_dtype(dtype))
-        cotangent = probe_cotangent(out_shape, dtype)
-        _, grads = get_adapter(framework).build(spec, weights, dtype, device).vjp(ones, cotangent)
-        wide64 = {k: v.astype(np.float64) for k, v in weights.items()}
-        ones64, g64 = ones.astype(np.float64), cotangent.astype(np.float64)
-        expected = reference.vjp(spec, ones64, wide64, g64)[1]
-        magnitude = reference.vjp(spec, ones64, wide64, np.abs(g64))[1]
-        counts = reference.vjp(spec, ones64, wide64, np.ones_like(g64))[1]  # positions each element sums
+        grads, expected, magnitude, counts = _vjp_probe(framework, spec, dtype, device, ones, weights,
+                                                        probe_cotangent(out_shape, dtype))
         found = {name: _verdict(grads[name], expected[name],
                                 wide_error_bound(positions, magnitude[name], expected[name], 0.0, dtype),
                                 counts[name] == positions, loss, dtype)
@@ -193,6 +188,19 @@ def gradient_accumulators(framework: str, spec: LayerSpec, dtype: str, device: s
             found = {name: blocked.get(name) if verdict == WIDE else verdict for name, verdict in found.items()}
         _FOUND[key] = found
     return dict(_FOUND[key])
+
+
+def _vjp_probe(framework: str, spec: LayerSpec, dtype: str, device: str, ones: np.ndarray, weights: Weights,
+               cotangent: np.ndarray) -> tuple[Weights, Weights, Weights, Weights]:
+    """The variant's VJP program on the probe (input `ones`, `cotangent`): its weight gradients, the float64
+    reference's, their magnitudes, and how many positions each element sums (the same VJP on all-ones)."""
+    _, grads = get_adapter(framework).build(spec, weights, dtype, device).vjp(ones, cotangent)
+    wide64 = {k: v.astype(np.float64) for k, v in weights.items()}
+    ones64, g64 = ones.astype(np.float64), cotangent.astype(np.float64)
+    expected = reference.vjp(spec, ones64, wide64, g64)[1]
+    magnitude = reference.vjp(spec, ones64, wide64, np.abs(g64))[1]
+    counts = reference.vjp(spec, ones64, wide64, np.ones_like(g64))[1]
+    return grads, expected, magnitude, counts
 
 
 def cross_block_cotangent(out_shape: tuple[int, ...], dtype: str) -> np.ndarray | None:
@@ -221,12 +229,7 @@ def _cross_block_probe(framework: str, spec: LayerSpec, dtype: str, device: str,
     if cotangent is None:
         return {}
     positions = math.prod(out_shape[:-1])
-    _, grads = get_adapter(framework).build(spec, weights, dtype, device).vjp(ones, cotangent)
-    wide64 = {k: v.astype(np.float64) for k, v in weights.items()}
-    ones64, g64 = ones.astype(np.float64), cotangent.astype(np.float64)
-    expected = reference.vjp(spec, ones64, wide64, g64)[1]
-    magnitude = reference.vjp(spec, ones64, wide64, np.abs(g64))[1]
-    counts = reference.vjp(spec, ones64, wide64, np.ones_like(g64))[1]  # positions each element sums
+    grads, expected, magnitude, counts = _vjp_probe(framework, spec, dtype, device, ones, weights, cotangent)
     ulp = 2 * UNIT_ROUNDOFF[compute_dtype(dtype)]  # what a half-precision partial sum holding the 1 loses, at least
     found: dict[str, str | None] = {}
     for name in expected:
