@@ -20,6 +20,7 @@ from .markdown import (
     summary_counts, text, variant_label,
 )
 from .messages import headline, rest
+from .port import PORT_INTRO, port_views
 from .schema import write_text_atomic
 
 TEMPLATE = "report.html.j2"
@@ -120,6 +121,21 @@ def _result_view(report: dict[str, Any], result: dict[str, Any], index: int) -> 
     }
 
 
+def _port_views(report: dict[str, Any], with_plots: bool) -> list[dict[str, Any]]:
+    """The model ports (reports/port.py) with the page's own parts: an anchor, CSS classes, and a
+    percent-encoded relative link for the counterexample file."""
+    views = port_views(report, with_plots)
+    for index, view in enumerate(views, 1):
+        view["anchor"] = f"port-{index}"
+        view["status_class"] = status_class(view["status"])
+        for row in view["layers"]:
+            row["status_class"] = status_class(row["status"])
+        failure = view["failure"]
+        if failure:
+            failure["href"] = safe_href(failure["counterexample"])
+    return views
+
+
 def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any]:
     """Everything the template shows, as display strings; the template does no data handling."""
     report = as_dict(report)
@@ -183,7 +199,11 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
     for view in views:
         view["claim_anchor"] = anchors.claim(view["claim"])
 
-    toc = [("summary", "Summary"), ("matrix", "Matrix")]
+    ports = _port_views(report, with_plots)
+    toc = [("summary", "Summary")]
+    if ports:
+        toc.append(("ports", f"Model ports ({len(ports)})"))
+    toc.append(("matrix", "Matrix"))
     if failures:
         toc.append(("failures", f"Failures ({len(failures)})"))
     if differ:
@@ -210,6 +230,8 @@ def build_view(report: dict[str, Any], with_plots: bool = True) -> dict[str, Any
         "any_passed": bool(counts.get("passed")),
         "incomplete_reason": (report.get("incomplete") or {}).get("reason"),
         "matrix": matrix,
+        "ports": ports,
+        "port_intro": PORT_INTRO,
         "legend": [{"status": s, "icon": i, "status_class": status_class(s)} for s, i in STATUS_ICON.items()],
         "failures": failures,
         "differ": differ,

@@ -654,6 +654,64 @@ def _failures_section(report: dict[str, Any]) -> list[str]:
     return lines[:-1]
 
 
+def _port_ratio(cell: dict[str, Any]) -> str:
+    return f"**{md_escape(cell['text'])}**" if cell["over"] else md_escape(cell["text"])
+
+
+def _port_section(report: dict[str, Any]) -> list[str]:
+    """The model ports (`conformance port`): per port its verdict, the ratio of every layer, and the first
+    failing layer with the porting mistakes tried on it; [] for a report without ports."""
+    from layer_conformance.reports.port import PORT_INTRO, port_views
+
+    views = port_views(report, with_plots=False)
+    if not views:
+        return []
+    lines = ["## Model ports", "", PORT_INTRO + " A ratio in **bold** is at or above the bound.", ""]
+    for view in views:
+        lines += [f"### {view['icon']} {md_escape(view['title'])}", "",
+                  f"**Verdict:** {view['icon']} {md_escape(view['verdict'])}", "",
+                  f"- {md_escape(view['dtype'])} on {md_escape(view['device'])}, "
+                  f"{md_escape(view['examples'])} examples",
+                  f"- Source ({md_escape(view['source']['framework'])}): {md_escape(view['source']['description'])}",
+                  f"- Target ({md_escape(view['target']['framework'])}): {md_escape(view['target']['description'])}"]
+        lines += [f"- {md_escape(row['name'])}: bound ratio {_port_ratio(row)}, max abs error "
+                  f"{md_escape(row['error'])}" for row in view["summary"]]
+        lines.append("")
+        if view["layers"]:
+            rows = []
+            for row in view["layers"]:
+                name = md_code(row["name"]) + (f" → {md_code(row['target_name'])}" if row["target_name"] else "")
+                gradient = ", ".join(f"{md_escape(g['parameter'])} {_port_ratio(g)}" for g in row["gradient"])
+                rows.append([row["layer"] + (" ⬅ first failure" if row["first"] else ""), name,
+                             md_escape(row["label"]), _port_ratio(row["isolated"]), _port_ratio(row["propagated"]),
+                             gradient or MISSING, f"{row['icon']} {md_escape(row['status'])}"])
+            lines += _table(["Layer", "Name", "Label", "Isolated", "Propagated", "Gradient", "Status"], rows,
+                            ["---:", "---", "---", "---:", "---:", "---", "---"])
+        else:
+            lines.append("No layers recorded.")
+        failure = view["failure"]
+        if failure:
+            lines += ["", f"**First failure:** layer {md_escape(failure['layer'])} {md_code(failure['name'], False)} "
+                          f"({md_escape(failure['label'])}), {md_escape(failure['mode'])}, bound ratio "
+                          f"{md_escape(failure['ratio'])}.", "",
+                      f"**Diagnosis:** {md_escape(failure['diagnosis_text'])}."]
+            if failure["hypotheses"]:
+                lines += ["", "Porting mistakes tried on this layer, by the bound ratio with the mistake undone:", ""]
+                lines += _table(["Mistake", "Id", "Bound ratio", "Explains it"], [
+                    [md_escape(h["title"]) + (" (diagnosis)" if h["diagnosis"] else ""), md_code(h["mistake"]),
+                     md_escape(h["ratio"]), md_escape(h["explains"])] for h in failure["hypotheses"]],
+                    ["---", "---", "---:", "---"])
+            extra = []
+            if failure["repro"]:
+                extra.append(f"- Reproduce: {md_code(failure['repro'], in_table=False)}")
+            if failure["counterexample"]:
+                extra.append(f"- Counterexample file: {md_code(failure['counterexample'], in_table=False)}")
+            if extra:
+                lines += [""] + extra
+        lines.append("")
+    return lines[:-1]
+
+
 def _divergences_section(report: dict[str, Any]) -> list[str]:
     rows = divergence_rows(report)
     if not rows:
@@ -713,7 +771,7 @@ def _claims_section(report: dict[str, Any]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: what a reviewer reads in a pull request."""
     report = as_dict(report)
-    sections = [["# Layer conformance report", ""] + _headline(report), _matrix_section(report),
+    sections = [["# Layer conformance report", ""] + _headline(report), _port_section(report), _matrix_section(report),
                 _differ_section(report), _failures_section(report), _speed_section(report),
                 _coverage_section(report), _accumulation_section(report), _declared_section(report),
                 _divergences_section(report),

@@ -336,6 +336,103 @@ def speed_plot(results: list[dict[str, Any]], title: str = "") -> bytes | None:
     return _png(fig)
 
 
+PORT_SERIES = (("isolated", "tab:blue", "o", "-"), ("propagated", "tab:orange", "s", "-"),
+               ("gradient", "tab:green", "x", "none"))
+
+
+def _port_points(entry: dict[str, Any]) -> tuple[dict[str, list[tuple[int, float | None]]], dict[str, int]]:
+    """Per series, (layer index, ratio) of every layer, the ratio None where it cannot be drawn (missing:
+    null, no comparison judged; or not finite), and the counts of zeros, missing and infinite ratios.
+
+    The gradient series is the largest ratio over the layer's parameters; a layer without parameters has none.
+    """
+    layers = entry.get("layers") if isinstance(entry.get("layers"), list) else []
+    points: dict[str, list[tuple[int, float | None]]] = {name: [] for name, *_ in PORT_SERIES}
+    counts = {"zero": 0, "missing": 0, "infinite": 0}
+    for position, layer in enumerate((item for item in layers if isinstance(item, dict)), 1):
+        index = layer.get("layer")
+        index = index if isinstance(index, int) and not isinstance(index, bool) else position
+        gradient = layer.get("gradient") if isinstance(layer.get("gradient"), dict) else {}
+        values = {"isolated": [layer.get("isolated")], "propagated": [layer.get("propagated")],
+                  "gradient": list(gradient.values())}
+        for name, raw in values.items():
+            if not raw:
+                continue
+            numbers = [float(v) for v in raw if isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and not math.isnan(v)]
+            worst = max(numbers) if numbers else None
+            if worst is None:
+                counts["missing"] += 1
+            elif math.isinf(worst):
+                counts["infinite"] += 1
+                worst = None
+            elif worst <= 0:
+                counts["zero"] += 1
+            points[name].append((index, worst))
+    return points, counts
+
+
+def port_ratio_plot(entry: dict[str, Any], title: str = "") -> bytes | None:
+    """The bound ratio of every layer of a model port against its index (log y axis): isolated and propagated
+    as lines, the worst parameter gradient as crosses, the bound (ratio 1) dashed and the first failing
+    layer marked by a vertical line; None when no layer has a ratio to draw.
+
+    A ratio of 0 has no place on a log axis: it is drawn as an open triangle at a floor a decade below the
+    smallest positive ratio; missing (null) and infinite ratios are not drawn. The lines break at all of them,
+    and a note counts each.
+    """
+    if not isinstance(entry, dict):
+        return None
+    points, counts = _port_points(entry)
+    every = [ratio for series in points.values() for _, ratio in series if ratio is not None]
+    if not every:
+        return None
+    floor = min([ratio for ratio in every if ratio > 0] + [1.0]) / 10
+    layers = {index for series in points.values() for index, _ in series}
+    first = entry.get("first_failure") if isinstance(entry.get("first_failure"), dict) else {}
+    first_layer = first.get("layer")
+
+    fig = _figure(min(11.0, max(7.5, 0.12 * len(layers) + 5.0)), 3.8)
+    ax = fig.add_subplot()
+    for name, colour, marker, linestyle in PORT_SERIES:
+        series = points[name]
+        if not any(ratio is not None for _, ratio in series):
+            continue
+        # NaN breaks the line: a layer without a drawable ratio is a gap, not a straight line across it.
+        ax.plot([index for index, _ in series],
+                [ratio if ratio is not None and ratio > 0 else math.nan for _, ratio in series], color=colour,
+                marker=marker, markersize=4, linewidth=1.2, linestyle=linestyle, label=name)
+        zeros = [index for index, ratio in series if ratio is not None and ratio <= 0]
+        if zeros:
+            ax.scatter(zeros, [floor] * len(zeros), s=40, marker="v", facecolors="none", edgecolors=colour,
+                       label="exactly 0 (drawn at the floor)")
+    ax.axhline(1.0, color="crimson", linestyle="--", linewidth=1.2, label="bound (ratio 1)")
+    if isinstance(first_layer, int) and not isinstance(first_layer, bool):
+        ax.axvline(first_layer, color="crimson", linestyle=":", linewidth=1.5,
+                   label=f"first failure: layer {first_layer}")
+    ax.set_yscale("log")
+    if counts["zero"]:
+        ax.set_ylim(bottom=floor / 2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("max error / derived bound (log)")
+    ax.grid(True, which="major", alpha=0.3)
+    notes = []
+    if counts["zero"]:
+        notes.append(f"{counts['zero']} exactly 0 drawn at {floor:.3g}")
+    if counts["missing"]:
+        notes.append(f"{counts['missing']} not judged (null) not shown")
+    if counts["infinite"]:
+        notes.append(f"{counts['infinite']} infinite not shown")
+    _note(ax, notes)
+    _legend(fig, [ax])
+    if title:
+        fig.suptitle(_label(title, 110), fontsize=10)
+    return _png(fig)
+
+
 def claim_plots(results: list[dict[str, Any]], title: str = "") -> dict[str, Any]:
     """The plots for one claim as data: URIs (None where there is nothing to draw).
 

@@ -31,6 +31,18 @@ RESULT_KEYS = (
 # - not_judged: {variant label: why}: comparisons measured but not judged because their bound is infinite;
 #   such a result is `measured`, never `passed`
 OPTIONAL_RESULT_KEYS = ("features", "accumulation", "not_judged", "declared_roundoff")
+# Optional top-level keys (readers treat them as optional; a report without them is read as before):
+# - port: written by `conformance port`, one entry per model port checked; its `results` stay ordinary rows, one
+#   per (model port, layer, mode), checks port-isolated, port-propagated, port-gradient and port-output. An entry:
+#   {"model", "source": {"framework", "description"}, "target": {"framework", "keras_backend" (or null),
+#   "description"}, "dtype", "device", "examples", "status" (passed | failed | error), "message" (the one-line
+#   verdict), "layers": [{"layer" (1-based index), "name", "target_name", "label", "isolated", "isolated_error",
+#   "propagated", "propagated_error" (bound ratios and max abs errors, null when not judged), "gradient":
+#   {parameter: bound ratio}, "status"}], "input_gradient" and "output": {"max_bound_ratio", "max_abs_error"},
+#   "first_failure": null or {"layer", "name", "label", "mode" (isolated | propagated | gradient), "ratio" (null
+#   when not finite), "diagnosis": null or {"mistake", "title", "ratio"}, "hypotheses": [{"mistake", "title",
+#   "ratio" (with that porting mistake undone, or null)}], "counterexample" (a path relative to the report's
+#   folder, or null), "repro" (a command, or null)}}. Rendered by reports/port.py.
 
 
 class ReportError(Exception):

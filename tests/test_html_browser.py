@@ -112,3 +112,52 @@ def test_screenshot_shows_the_plots(rendered):
     # Decoded plot images draw the float32 series in orange; a broken image would not.
     near_orange = (np.abs(pixels - np.array(ORANGE)) < 40).all(axis=-1).sum()
     assert near_orange > 200, near_orange
+
+
+# A page beside the report that reads the report's own DOM once it has loaded: the report allows no scripts,
+# so the harness frames it (file:// pages share an origin under --allow-file-access-from-files).
+PORT_HARNESS = """<!DOCTYPE html><html><body><iframe id="report" src="report.html" width="1280" height="2400"></iframe>
+<pre id="out">pending</pre>
+<script>
+document.getElementById("report").addEventListener("load", function () {
+  var out = document.getElementById("out");
+  try {
+    var doc = this.contentDocument;
+    var images = Array.prototype.slice.call(doc.querySelectorAll("img.plot-port"));
+    out.textContent = JSON.stringify({
+      images: images.map(function (image) { return [image.complete, image.naturalWidth, image.naturalHeight]; }),
+      tables: Array.prototype.slice.call(doc.querySelectorAll("table.port-layers")).map(function (table) {
+        return table.querySelectorAll("tbody tr").length; }),
+      scripts: doc.querySelectorAll("script").length,
+      names: Array.prototype.slice.call(doc.querySelectorAll("table.port-layers code")).map(function (code) {
+        return code.textContent; })});
+  } catch (error) { out.textContent = "error: " + error; }
+});
+</script></body></html>
+"""
+
+
+def test_port_section_plots_decode_in_the_browser(tmp_path):
+    import html as html_lib
+    import json
+
+    from test_port_report import XSS as PORT_XSS, port_report
+
+    chromium = _chromium()
+    report = write_html(port_report(), tmp_path / "report.html")
+    harness = tmp_path / "harness.html"
+    harness.write_text(PORT_HARNESS, encoding="utf-8")
+    run = _run(chromium, tmp_path / "profile", "--allow-file-access-from-files", "--virtual-time-budget=5000",
+               "--dump-dom", harness.resolve().as_uri())
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = re.search(r'<pre id="out">(.*?)</pre>', run.stdout, flags=re.S)
+    assert found, run.stdout[:2000]
+    seen = json.loads(html_lib.unescape(found.group(1)))
+    assert len(seen["images"]) == 2
+    for complete, width, height in seen["images"]:
+        assert complete and width > 0 and height > 0, seen["images"]
+    assert seen["tables"] == [3, 4]  # one row per layer of each port
+    assert seen["scripts"] == 0 and PORT_XSS in seen["names"]  # the hostile layer name is text, not a script
+    problems = [line for line in run.stderr.splitlines() if BROWSER_PROBLEM.search(line)]
+    assert not problems, "\n".join(problems)
+    assert report.is_file()

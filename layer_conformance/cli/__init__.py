@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "inject framework faults, run the suite under each, print the mutation score"),
     "explain": ("layer_conformance.cli.explain",
                 "is your output's difference from a reference rounding? judge it by the derived bound"),
+    "port": ("layer_conformance.cli.port",
+             "port a model (or take your port) and check it layer by layer, with the likely porting mistake"),
     "report": ("layer_conformance.cli.report",
                "render report.md and report.html from a report.json (e.g. a merged one)"),
 }

@@ -150,8 +150,17 @@ class PortResult:
                     f"(worst bound ratio {worst:.3g})")
         failure = self.first_failure
         head = f"layer {failure['layer']} ({failure['label']}) at {failure['name']!r}"
+
         ratio = _number(failure["ratio"])
         best = self.verdicts[0] if self.verdicts else None
+        if failure["mode"] == "propagated":
+            return (f"{head}: within its bound in isolation but not end to end (propagated ratio {ratio}): errors "
+                    f"build up beyond what rounding allows through the layers before it")
+        if failure["mode"].startswith("gradient"):
+            return (f"{head}: the forward pass is within its bounds, the {failure['mode']} is not (ratio {ratio}): "
+                    f"the backward pass of this layer or of one after it computes something else")
+        if failure["mode"] in ("output", "input gradient"):
+            return f"{self.model}: every layer is within its bound but the {failure['mode']} is not (ratio {ratio})"
         if best is not None and best.ratio <= 1.0:
             return (f"{head}: consistent with {best.title} (ratio {_number(best.ratio)} under that hypothesis, "
                     f"{ratio} as ported, {failure['mode']})")
@@ -405,31 +414,44 @@ class _Runner:
                                    f"reader did not see (an operation outside the supported set?)")
 
     def finish(self, out: str | Path | None) -> None:
-        result = self.result
-        for layer in result.layers:
-            failing = [(mode, m) for mode, m in (("isolated", layer.isolated), ("propagated", layer.propagated),
-                                                 *((f"gradient {k}", m) for k, m in layer.gradients.items()))
-                       if m.failed]
-            if not failing:
-                continue
-            mode, measure = failing[0]
-            result.first_failure = {"layer": layer.layer, "name": layer.name, "label": layer.label, "mode": mode,
-                                    "ratio": measure.ratio if math.isfinite(measure.ratio) else None,
-                                    "variant": layer.variant}
-            example = measure.worst
-            given, observed = self._isolated_inputs(layer, example["x"])
-            result.verdicts = diagnose(self.source_graph, layer.source_index, given, observed)
-            if out is not None:
-                from layer_conformance.suites.port.counterexample import save
+        """Name the first failing layer and test the catalogued mistakes against it.
 
-                result.counterexample, result.repro = save(Path(out), self, layer, example, given, observed)
-            break
-        if result.first_failure is None and (result.output.failed or result.input_gradient.failed):
-            which = "output" if result.output.failed else "input gradient"
-            measure = result.output if result.output.failed else result.input_gradient
-            result.first_failure = {"layer": len(result.layers), "name": which, "label": which, "mode": which,
-                                    "ratio": measure.ratio if math.isfinite(measure.ratio) else None,
-                                    "variant": ""}
+        The first layer whose forward output (isolated, then propagated) exceeds its bound is where a
+        mistake is made; only where no forward output fails is a gradient failure named, at the last
+        layer that shows one, since the backward pass enters the model there.
+        """
+        result = self.result
+        chosen: tuple[LayerReport, str, Measure] | None = None
+        for layer in result.layers:
+            for mode, measure in (("isolated", layer.isolated), ("propagated", layer.propagated)):
+                if measure.failed and chosen is None:
+                    chosen = (layer, mode, measure)
+        if chosen is None:
+            for layer in reversed(result.layers):
+                failing = [(f"gradient {k}", m) for k, m in layer.gradients.items() if m.failed]
+                if failing:
+                    chosen = (layer, *failing[0])
+                    break
+        if chosen is None:
+            if result.output.failed or result.input_gradient.failed:
+                which = "output" if result.output.failed else "input gradient"
+                measure = result.output if result.output.failed else result.input_gradient
+                result.first_failure = {"layer": None, "name": which, "label": which, "mode": which,
+                                        "ratio": measure.ratio if math.isfinite(measure.ratio) else None,
+                                        "variant": ""}
+            return
+        layer, mode, measure = chosen
+        result.first_failure = {"layer": layer.layer, "name": layer.name, "label": layer.label, "mode": mode,
+                                "ratio": measure.ratio if math.isfinite(measure.ratio) else None,
+                                "variant": layer.variant}
+        example = measure.worst if mode == "isolated" else layer.isolated.worst
+        given, observed = self._isolated_inputs(layer, example["x"])
+        if mode == "isolated":  # a mistake made in this layer's segment: which one?
+            result.verdicts = diagnose(self.source_graph, layer.source_index, given, observed)
+        if out is not None:
+            from layer_conformance.suites.port.counterexample import save
+
+            result.counterexample, result.repro = save(Path(out), self, layer, example, given, observed)
 
     def _isolated_inputs(self, layer: LayerReport, x: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
         """The source's values at the layer's frontier and the port's isolated output there, for one input."""

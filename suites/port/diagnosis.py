@@ -22,7 +22,8 @@ from layer_conformance.suites.port.reference import canonical_of, propagate, seg
 MISTAKES: dict[str, str] = {
     "kernel-transpose": "missing kernel transpose (the kernel reshaped, not transposed, between layouts)",
     "kernel-flip": "a spatially flipped kernel (convolution vs cross-correlation)",
-    "same-padding-side": "'same' padding put on the other side (the odd extra pad on the low side)",
+    "same-padding-side": "padding put on the wrong side ('same' padding's odd extra pad on the low side, or "
+                         "causal padding on the high side)",
     "flatten-order": "NCHW/NHWC flatten order",
     "view-not-permute": "view/reshape instead of permute",
     "bias-dropped": "the bias dropped",
@@ -31,6 +32,7 @@ MISTAKES: dict[str, str] = {
     "tf32": "TF32 matmul/convolution (u_eff 2^-11)",
     "bf16-pass": "a bfloat16 matmul pass (u_eff 2^-8)",
 }
+PRECISION = ("tf32", "bf16-pass")
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ def hypotheses(graph: ModelGraph, index: int) -> list[Hypothesis]:
             other_form = "gelu_tanh" if op.activation == "gelu" else "gelu"
             changed = _with_node(graph, j, replace(op, activation=other_form))
             out.append(Hypothesis("gelu-approximation", f"{other_form} at {op.name}", changed, index, same))
-    for mode in ("tf32", "bf16-pass"):
+    for mode in PRECISION:
         if graph.dtype in ("float32", "float64"):
             out.append(Hypothesis(mode, "", graph, index, same, DECLARED_ROUNDOFF[mode]))
     return out
@@ -188,4 +190,6 @@ def diagnose(graph: ModelGraph, index: int, given: Mapping[int, np.ndarray], obs
         ratio = judge(hypothesis, given, observed)
         if hypothesis.mistake not in best or ratio < best[hypothesis.mistake].ratio:
             best[hypothesis.mistake] = Verdict(hypothesis.mistake, hypothesis.title, ratio)
-    return sorted(best.values(), key=lambda v: (v.ratio, v.mistake))
+    # a precision mode widens the bound of every output, so it "explains" more than a specific mistake does:
+    # among the hypotheses that match, the specific mistakes come first
+    return sorted(best.values(), key=lambda v: (not v.ratio <= 1.0, v.mistake in PRECISION, v.ratio, v.mistake))

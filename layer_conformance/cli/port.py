@@ -1,0 +1,201 @@
+"""`conformance port MODEL`: port a model to other frameworks (or take your port) and check it layer by layer.
+
+MODEL is a Python file and, after a colon, the name of the model in it: an object, or a function that
+returns one when called with no arguments (a Flax linen model: the pair (module, variables)). The
+file may set INPUT_SHAPE (one example's shape, batch left out); `--input-shape` overrides it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from layer_conformance.adapters.spec import SpecError
+from layer_conformance.cli.arguments import ArgumentParser, check_output_folder, split_csv
+
+TARGETS = ("torch", "keras", "flax.linen", "flax.nnx")
+DEFAULT_NAMES = ("model", "build_model", "get_model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from layer_conformance.mutation.porting import PLANTS
+
+    parser = ArgumentParser(
+        prog="conformance port",
+        description="Check a model port layer by layer: every layer's bound ratio against the float64 reference of "
+                    "the source, isolated (on the source's own values at its input) and propagated (end to end), "
+                    "and the gradients; the first layer over its bound is named, with the porting mistake its "
+                    "output is consistent with. Keras runs on the backend KERAS_BACKEND names.",
+        epilog="exit status: 0 every port within its bounds, 1 a port failed or could not run, 2 bad input, "
+               "3 nothing failed but some comparison had no finite bound (measured, not judged)")
+    parser.add_argument("model", metavar="FILE.py[:NAME]",
+                        help=f"the source model: a file and the name of a model or of a function returning one "
+                             f"(default: the first of {', '.join(DEFAULT_NAMES)} the file defines)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="FRAMEWORKS", help=f"port it to these frameworks (comma list of "
+                                                          f"{', '.join(TARGETS)}, or 'all')")
+    where.add_argument("--target", metavar="FILE.py[:NAME]", help="your own port of it, to check")
+    parser.add_argument("--input-shape", metavar="N,N,...", help="one example's shape, batch left out, in the "
+                        "source's layout (default: INPUT_SHAPE in the file; a built Keras model knows its own)")
+    parser.add_argument("--examples", type=int, default=50, metavar="N", help="inputs drawn per port (default 50)")
+    parser.add_argument("--batch", default="1,4", metavar="LOW,HIGH", help="range of batch sizes (default 1,4)")
+    parser.add_argument("--inputs", metavar="FILE.npy|FILE.npz", help="your own inputs, (N, *input_shape) each, "
+                        "checked before the drawn ones")
+    parser.add_argument("--no-gradients", action="store_true", help="check the forward pass only")
+    parser.add_argument("--plant", metavar="MISTAKE[:LAYER]",
+                        help=f"make a porting mistake in the port made by --to (to see the check find it): one of "
+                             f"{', '.join(PLANTS)}; LAYER (default 1) is where")
+    parser.add_argument("--name", help="the model's name in the report (default: the NAME in MODEL)")
+    parser.add_argument("--out", default="port-report", type=Path, metavar="DIR",
+                        help="folder for report.json, report.md, report.html and counterexamples (default port-report)")
+    return parser
+
+
+def load_object(text: str, what: str) -> tuple[Any, str, Any]:
+    """(the model, its name, the module) from FILE.py[:NAME]; ValueError naming the problem and the fix."""
+    path_text, _, name = text.partition(":") if not (len(text) > 1 and text[1] == ":") else \
+        (text[:2] + text[2:].partition(":")[0], ":", text[2:].partition(":")[2])
+    path = Path(path_text)
+    if not path.is_file():
+        raise ValueError(f"{what} {path}: no such file; pass a Python file that defines the model")
+    spec = importlib.util.spec_from_file_location(f"_conformance_port_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{what} {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's file: whatever it raises is theirs, said in one line
+        raise ValueError(f"{what} {path}: importing it raised {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.pop(0)
+    names = [name] if name else [n for n in DEFAULT_NAMES if hasattr(module, n)]
+    if not names or not hasattr(module, names[0]):
+        raise ValueError(f"{what} {path}: defines no {name or ' / '.join(DEFAULT_NAMES)}; name the model as "
+                         f"{path}:NAME")
+    obj = getattr(module, names[0])
+    if callable(obj) and isinstance(obj, type(load_object)):
+        obj = obj()
+    return obj, names[0], module
+
+
+def _shape(text: str | None, module: Any) -> tuple[int, ...] | None:
+    if text:
+        try:
+            return tuple(int(v) for v in split_csv(text))
+        except ValueError:
+            raise ValueError(f"--input-shape {text!r}: expected comma-separated positive ints, e.g. 3,1024") from None
+    shape = getattr(module, "INPUT_SHAPE", None)
+    return None if shape is None else tuple(int(v) for v in shape)
+
+
+def _split_model(obj: Any) -> tuple[Any, Any]:
+    return (obj[0], obj[1]) if isinstance(obj, tuple) and len(obj) == 2 else (obj, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.examples < 0:
+        parser.error("--examples must be 0 or more")
+    try:
+        low, high = (int(v) for v in split_csv(args.batch))
+        if not 1 <= low <= high:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--batch {args.batch!r}: expected LOW,HIGH with 1 <= LOW <= HIGH")
+    targets: list[str] = []
+    if args.to:
+        targets = list(TARGETS) if args.to == "all" else split_csv(args.to)
+        unknown = [t for t in targets if t not in TARGETS]
+        if unknown or not targets:
+            parser.error(f"--to {args.to!r}: unknown framework {', '.join(unknown) or '(none)'}; expected a comma "
+                         f"list of {', '.join(TARGETS)} or 'all'")
+    check_output_folder(parser, args.out)
+    try:
+        source_obj, name, module = load_object(args.model, "MODEL")
+        shape = _shape(args.input_shape, module)
+        own_target = load_object(args.target, "--target")[0] if args.target else None
+        from layer_conformance.suites.port.check import load_inputs
+
+        inputs = load_inputs(args.inputs) if args.inputs else []
+        plant = _parse_plant(args.plant) if args.plant else None
+        if plant and not targets:
+            raise ValueError("--plant makes its mistake in a port made by --to; use it with --to")
+    except (ValueError, SpecError) as exc:
+        print(f"conformance port: error: {exc}", file=sys.stderr)
+        return 2
+    return _run(args, source_obj, args.name or name, shape, own_target, targets, inputs, plant, (low, high),
+                argv if argv is not None else sys.argv[1:])
+
+
+def _parse_plant(text: str) -> tuple[str, int]:
+    from layer_conformance.mutation.porting import PLANTS
+
+    mistake, _, layer = text.partition(":")
+    if mistake not in PLANTS:
+        raise ValueError(f"--plant {text!r}: unknown mistake {mistake!r}; expected one of {', '.join(PLANTS)}")
+    try:
+        return mistake, int(layer or 1)
+    except ValueError:
+        raise ValueError(f"--plant {text!r}: LAYER must be a layer number (1 is the first)") from None
+
+
+def _run(args: argparse.Namespace, source_obj: Any, name: str, shape: tuple[int, ...] | None, own_target: Any,
+         targets: list[str], inputs: list, plant: tuple[str, int] | None, batch: tuple[int, int],
+         argv: list[str]) -> int:
+    from layer_conformance.adapters.graph import UnsupportedModel
+    from layer_conformance.adapters.models import CHANNELS_FIRST, build_model, read_model
+    from layer_conformance.reports.port import format_port_text
+    from layer_conformance.reports.render import render
+    from layer_conformance.reports.schema import write_json_atomic
+    from layer_conformance.suites.port.check import check_port
+    from layer_conformance.suites.port.record import port_entry, port_report
+
+    source, source_params = _split_model(source_obj)
+    try:
+        graph = read_model(source, source_params, input_shape=shape)
+    except (UnsupportedModel, SpecError) as exc:
+        print(f"conformance port: error: {exc}", file=sys.stderr)
+        return 2
+    results, errors = [], []
+    jobs = [(t, None) for t in targets] if targets else [(None, own_target)]
+    command = ["conformance", "port", *argv]
+    for to, mine in jobs:
+        label = to or "your port"
+        try:
+            if plant is not None and to is not None:
+                from layer_conformance.mutation.porting import plant as make_mistake
+
+                mine = build_model(make_mistake(graph, plant[0], plant[1], channels_first=to in CHANNELS_FIRST), to)
+                to = None
+            target, target_params = _split_model(mine) if mine is not None else (None, None)
+            result = check_port(graph, target, to=to, target_params=target_params, examples=args.examples,
+                                batch=batch, inputs=inputs, gradients=not args.no_gradients, name=name,
+                                out=args.out / "counterexamples")
+        except (UnsupportedModel, SpecError) as exc:
+            print(f"conformance port: {name} -> {label}: error: {exc}", file=sys.stderr)
+            if not targets:
+                return 2
+            errors.append(_error_row(name, graph.framework, label, str(exc)))
+            continue
+        results.append(result)
+        print(format_port_text(port_entry(result)))
+        write_json_atomic(args.out / "report.json", {**port_report(results, command, errors), "complete": False})
+    report = port_report(results, command, errors)
+    write_json_atomic(args.out / "report.json", report)
+    md, html = render(report, args.out)
+    print(f"\nreport: {args.out / 'report.json'}, {md}, {html}")
+    statuses = [r.status for r in results] + ["error"] * len(errors)
+    if any(s in ("failed", "error") for s in statuses):
+        return 1
+    return 3 if any(s == "measured" for s in statuses) else 0
+
+
+def _error_row(model: str, source: str, target: str, message: str) -> dict[str, Any]:
+    return {"nodeid": f"port::{model}::{source}->{target}::port", "claim": f"port:{model}:{source}->{target}",
+            "title": f"{model} ported from {source} to {target}", "relation": "equal", "check": "port-output",
+            "variants": [target], "dtype": None, "device": "cpu", "status": "error", "examples": 0,
+            "max_abs_error": None, "max_bound_ratio": None, "reason": message}
