@@ -255,8 +255,7 @@ def channels_last(graph: ModelGraph, *, flatten_fix: bool = True, permute_as_vie
     for i, node in enumerate(graph.nodes):
         if node.op == "input":
             ndim = len(node.shape or ()) + 1
-            first = _first_layer(graph, i)
-            if first is not None and first.op == "layer" and first.channels_first and ndim >= 3:
+            if input_channels_first(graph):
                 shape = node.shape or ()
                 nodes.append(replace(node, shape=(*shape[1:], shape[0])))
                 held[i] = (len(nodes) - 1, to_last(ndim))
@@ -319,6 +318,13 @@ def _live(nodes: list[Node], output: int) -> list[Node]:
     order = sorted(needed)
     index = {old: new for new, old in enumerate(order)}
     return [replace(nodes[old], inputs=tuple(index[j] for j in nodes[old].inputs)) for old in order]
+
+
+def input_channels_first(graph: ModelGraph) -> bool:
+    """Whether the model's input is channels-first: the first layer reading it (through activations only)
+    is a channels-first convolution. A channels-last port takes it channels-last."""
+    first = _first_layer(graph, 0)
+    return first is not None and first.channels_first and len(graph.input_shape) >= 2
 
 
 def _first_layer(graph: ModelGraph, start: int) -> Node | None:

@@ -128,4 +128,8 @@ def merge_reports(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     }
     if any("divergences" in report for _, report in named):
         merged["divergences"] = _merged_divergences([report for _, report in named])
+    ports = [copy.deepcopy(entry) for _, report in named for entry in (report.get("port") or [])
+             if isinstance(entry, dict)]
+    if ports:  # model ports (`conformance port`), e.g. one shard per Keras backend: every entry kept
+        merged["port"] = ports
     return validate_report(merged, "merged report")

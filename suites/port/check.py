@@ -93,6 +93,11 @@ class LayerReport:
     isolated: Measure = field(default_factory=Measure)
     propagated: Measure = field(default_factory=Measure)
     gradients: dict[str, Measure] = field(default_factory=dict)
+    # the layer's input is compared too where both models reach it from their previous layers through
+    # elementwise operations only (activations, adds): then its layout is the layers' own. A flatten, reshape
+    # or permute on the way may legitimately be folded into the layer's weights (a dense kernel's rows
+    # permuted instead of the activations): there only the output is compared.
+    input_comparable: bool = False
 
     def measures(self) -> dict[str, Measure]:
         return {"isolated": self.isolated, "propagated": self.propagated,
@@ -269,7 +274,9 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
         from layer_conformance.adapters import class_name
 
         result.layers.append(LayerReport(number, i, j, node.name, port_node.name, node.label(),
-                                         f"{target_framework}.{class_name(target_framework, port_node.spec)}"))
+                                         f"{target_framework}.{class_name(target_framework, port_node.spec)}",
+                                         input_comparable=_elementwise_path(source_graph, i)
+                                         and _elementwise_path(target_graph, j)))
     runner = _Runner(source_graph, target_graph, pairs, in_perm, out_perm, result, device, gradients)
     own_inputs = [np.asarray(x) for x in inputs]
     for x in own_inputs:
@@ -281,6 +288,13 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
     return result
 
 
+def _elementwise_path(graph: ModelGraph, index: int) -> bool:
+    """Whether the layer's input is computed from earlier layers (or the input) by elementwise operations only,
+    and is not itself a layer's output or the model input (given exactly to both models)."""
+    frontier, nodes = segment(graph, index)
+    return len(nodes) > 1 and all(graph.nodes[k].op in ("act", "add") for k in nodes if k != index)
+
+
 def _keras_backend(framework: str) -> str | None:
     if framework != "keras":
         return None
@@ -290,12 +304,14 @@ def _keras_backend(framework: str) -> str | None:
 
 
 def _read_target(target: Any, params: Mapping[str, Any] | None, source: ModelGraph, framework: str) -> ModelGraph:
+    """The port as a graph; its input shape (where the reader needs one) is the source's, channels-last for a
+    channels-last framework when the source's input is channels-first."""
+    from layer_conformance.adapters.graph import input_channels_first
     from layer_conformance.adapters.models import CHANNELS_FIRST, read_model
 
     shape = source.input_shape
-    first_conv = next((source.nodes[i] for i in source.layers() if source.nodes[i].spec.kind == "conv"), None)
-    if first_conv is not None and len(shape) >= 2 and first_conv.channels_first != (framework in CHANNELS_FIRST):
-        shape = (*shape[1:], shape[0]) if first_conv.channels_first else (shape[-1], *shape[:-1])
+    if input_channels_first(source) and framework not in CHANNELS_FIRST:
+        shape = (*shape[1:], shape[0])
     return read_model(target, params, input_shape=shape)
 
 
@@ -373,11 +389,12 @@ class _Runner:
             frontier, nodes = segment(self.source_graph, i)
             given = {f: src_vals[f] for f in frontier}
             iso_vals, iso_bounds = propagate(self.source_graph, given, nodes)
-            t_frontier, t_nodes = segment(self.target_graph, j)
-            t_given = {f: self._to_target(f, src_vals[self.of_target[f]]) for f in t_frontier}
-            observed = self.target.forward(given=t_given, nodes=t_nodes)[j]
-            layer.isolated.note(canonical_of(t_node, observed), canonical_of(s_node, iso_vals[i]),
-                                canonical_of(s_node, iso_bounds[i]), example)
+            observed = self._isolated(layer, src_vals)
+            for k, (s_at, value) in enumerate(zip((s_node.inputs[0], i), observed)):
+                if k == 0 and not layer.input_comparable:
+                    continue
+                layer.isolated.note(value, canonical_of(s_node, iso_vals[s_at]), canonical_of(s_node, iso_bounds[s_at]),
+                                    example)
         if self.gradients:
             self._gradients(x, example, ref_vals, ref_bounds, port_vals, seed)
 
@@ -453,15 +470,22 @@ class _Runner:
 
             result.counterexample, result.repro = save(Path(out), self, layer, example, given, observed)
 
-    def _isolated_inputs(self, layer: LayerReport, x: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
-        """The source's values at the layer's frontier and the port's isolated output there, for one input."""
-        src_vals = self.source.forward(x)
-        frontier, _ = segment(self.source_graph, layer.source_index)
+    def _isolated(self, layer: LayerReport, src_vals: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The port's values at the layer's input and output (canonical layout), its segment run on the
+        source's values at the frontier."""
         t_frontier, t_nodes = segment(self.target_graph, layer.target_index)
         t_given = {f: self._to_target(f, src_vals[self.of_target[f]]) for f in t_frontier}
-        observed = self.target.forward(given=t_given, nodes=t_nodes)[layer.target_index]
+        values = self.target.forward(given=t_given, nodes=t_nodes)
         t_node = self.target_graph.nodes[layer.target_index]
-        return {f: src_vals[f] for f in frontier}, canonical_of(t_node, observed)
+        return canonical_of(t_node, values[t_node.inputs[0]]), canonical_of(t_node, values[layer.target_index])
+
+    def _isolated_inputs(self, layer: LayerReport, x: np.ndarray
+                         ) -> tuple[dict[int, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """The source's values at the layer's frontier and the port's isolated input and output, for one input."""
+        src_vals = self.source.forward(x)
+        frontier, _ = segment(self.source_graph, layer.source_index)
+        seen_input, seen_output = self._isolated(layer, src_vals)
+        return {f: src_vals[f] for f in frontier}, (seen_input if layer.input_comparable else None, seen_output)
 
 
 def load_inputs(path: str | Path) -> list[np.ndarray]:

@@ -69,7 +69,7 @@ def _stem(model: str, framework: str, layer: int) -> str:
 
 
 def save(folder: Path, runner: "_Runner", layer: "LayerReport", example: dict[str, Any],
-         given: dict[int, np.ndarray], observed: np.ndarray) -> tuple[str, str]:
+         given: dict[int, np.ndarray], observed: tuple[np.ndarray, np.ndarray]) -> tuple[str, str]:
     """Write the example of a failing layer; returns (npz path, the command that replays it)."""
     from layer_conformance.suites.port.reference import canonical_of, propagate, segment
 
@@ -88,7 +88,7 @@ def save(folder: Path, runner: "_Runner", layer: "LayerReport", example: dict[st
             "message": result.message, "style": example.get("style"), "seed": example.get("data_seed")}
     for f in t_frontier:
         arrays[f"given{f}"] = np.asarray(runner._to_target(f, given[runner.of_target[f]])).astype(np.float64)
-    arrays.update(observed=observed.astype(np.float64), reference=canonical_of(s_node, values[layer.source_index]),
+    arrays.update(observed=observed[1].astype(np.float64), reference=canonical_of(s_node, values[layer.source_index]),
                   bound=canonical_of(s_node, bounds[layer.source_index]),
                   x=np.asarray(example["x"]).astype(np.float64), meta=np.array(json.dumps(meta)))
     npz = folder / f"{stem}.npz"

@@ -161,8 +161,10 @@ def _input_spatial(graph: ModelGraph, index: int) -> tuple[int, ...]:
     return tuple(shape[1:]) if node.channels_first else tuple(shape[:-1])
 
 
-def judge(hypothesis: Hypothesis, given: Mapping[int, np.ndarray], observed: np.ndarray) -> float:
-    """The bound ratio of the port's output (canonical layout) under one hypothesis; inf where it cannot hold."""
+def judge(hypothesis: Hypothesis, given: Mapping[int, np.ndarray],
+          observed: tuple[np.ndarray | None, np.ndarray]) -> float:
+    """The bound ratio of the port's values at the layer's output and, where given, input (canonical layout)
+    under one hypothesis; inf where it cannot hold."""
     graph = hypothesis.graph
     mapped = {hypothesis.mapping[i]: v for i, v in given.items()}
     frontier, nodes = segment(graph, hypothesis.index)
@@ -173,17 +175,23 @@ def judge(hypothesis: Hypothesis, given: Mapping[int, np.ndarray], observed: np.
     except (ValueError, SpecError):
         return float("inf")
     node = graph.nodes[hypothesis.index]
-    expected, bound = canonical_of(node, values[hypothesis.index]), canonical_of(node, bounds[hypothesis.index])
-    if expected.shape != observed.shape:
-        return float("inf")
-    error = np.abs(observed.astype(np.float64) - expected)
-    error = np.where(np.isfinite(error), error, np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(error == 0, 0.0, error / bound)
-    return float(np.nanmax(ratio)) if ratio.size else 0.0
+    worst = 0.0
+    for at, seen in zip((node.inputs[0], hypothesis.index), observed):
+        if seen is None:
+            continue
+        expected, bound = canonical_of(node, values[at]), canonical_of(node, bounds[at])
+        if expected.shape != seen.shape:
+            return float("inf")
+        error = np.abs(seen.astype(np.float64) - expected)
+        error = np.where(np.isfinite(error), error, np.inf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(error == 0, 0.0, error / bound)
+        worst = max(worst, float(np.nanmax(ratio)) if ratio.size else 0.0)
+    return worst
 
 
-def diagnose(graph: ModelGraph, index: int, given: Mapping[int, np.ndarray], observed: np.ndarray) -> list[Verdict]:
+def diagnose(graph: ModelGraph, index: int, given: Mapping[int, np.ndarray],
+             observed: tuple[np.ndarray | None, np.ndarray]) -> list[Verdict]:
     """Every hypothesis's ratio, the best first; one verdict per mistake (its best variant)."""
     best: dict[str, Verdict] = {}
     for hypothesis in hypotheses(graph, index):

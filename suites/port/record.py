@@ -94,5 +94,5 @@ def port_report(results: Iterable[PortResult], command: list[str] | None = None,
     rows = [row for result in results for row in port_rows(result)] + list(errors)
     return {"schema": SCHEMA, "complete": True,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": command or [], "environment": base_environment(), "claims": [],
+            "command": command or [], "environment": base_environment(), "claims": {},
             "summary": summarize(rows), "results": rows, "port": [port_entry(r) for r in results]}
