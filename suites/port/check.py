@@ -122,7 +122,8 @@ class PortResult:
     first_failure: dict[str, Any] | None = None
     verdicts: list[Verdict] = field(default_factory=list)
     error: str | None = None
-    framework_seconds: float = 0.0
+    framework_seconds: float = 0.0  # inside the layers' and activations' forward and VJP calls
+    build_seconds: float = 0.0  # reading, porting and building the models and their layers
     seconds: float = 0.0
     counterexample: str | None = None
     repro: str | None = None
@@ -258,6 +259,7 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
         target = target[0] if isinstance(target, tuple) else target
     target_framework = model_framework(target)
     target_graph = _read_target(target, target_params, source_graph, target_framework)
+    porting = time.perf_counter() - started  # reading, porting and building: framework work (tracing, layers)
     if target_graph.dtype != source_graph.dtype:
         raise UnsupportedModel(f"the source computes in {source_graph.dtype} and the port in {target_graph.dtype}; "
                                f"check a port in the source's dtype")
@@ -283,6 +285,7 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
         runner.example(x, seed=len(own_inputs), native=(target, target_params, run_model))
     _draw(runner, examples, batch, styles, (target, target_params, run_model))
     result.framework_seconds = runner.source.framework_seconds + runner.target.framework_seconds
+    result.build_seconds = porting + runner.source.build_seconds + runner.target.build_seconds
     runner.finish(out)
     result.seconds = time.perf_counter() - started
     return result

@@ -82,6 +82,7 @@ def port_entry(result: PortResult) -> dict[str, Any]:
         "output": {"max_bound_ratio": result.output.as_ratio(), "max_abs_error": _finite(result.output.error)},
         "first_failure": failure,
         "seconds": round(result.seconds, 3), "framework_seconds": round(result.framework_seconds, 3),
+        "build_seconds": round(result.build_seconds, 3),
     }
 
 

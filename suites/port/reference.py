@@ -107,14 +107,22 @@ ACTIVATIONS: dict[str, Activation] = {
 
 # ---- layout of a layer node's tensors --------------------------------------------------------------
 
+def _to_last(ndim: int) -> tuple[int, ...]:
+    return (0, *range(2, ndim), 1)
+
+
+def _to_first(ndim: int) -> tuple[int, ...]:
+    return (0, ndim - 1, *range(1, ndim - 1))
+
+
 def canonical_of(node: Node, value: np.ndarray) -> np.ndarray:
     """A layer node's tensor (input or output) in the canonical channels-last layout."""
-    return np.moveaxis(value, 1, -1) if node.channels_first else value
+    return value.transpose(_to_last(value.ndim)) if node.channels_first else value
 
 
 def layout_of(node: Node, value: np.ndarray) -> np.ndarray:
     """The inverse of `canonical_of`."""
-    return np.moveaxis(value, -1, 1) if node.channels_first else value
+    return value.transpose(_to_first(value.ndim)) if node.channels_first else value
 
 
 def _f64(weights: Weights) -> dict[str, np.ndarray]:
@@ -150,12 +158,15 @@ def forward_node(graph: ModelGraph, index: int, ins: list[np.ndarray], errs: lis
     a = ins[0] if ins else None
     e = errs[0] if errs else None
     if node.op == "layer":
-        assert node.spec is not None and a is not None and e is not None
+        assert node.spec is not None and node.weights is not None and a is not None and e is not None
         n = node.spec.reduction_length + 1
-        y = layer_forward(node, a)
-        carried = _layer_abs(node, e, with_bias=False)
-        with np.errstate(invalid="ignore"):
-            own = bound_coefficient(n, dtype, u_eff) * _layer_abs(node, np.abs(a) + e, with_bias=True)
+        w = _f64(node.weights)
+        kernel, bias = w["kernel"], w.get("bias")
+        y, m, carried = (layout_of(node, v) for v in reference.forward_many(
+            node.spec, [canonical_of(node, a), canonical_of(node, np.abs(a)), canonical_of(node, e)],
+            [kernel, np.abs(kernel), np.abs(kernel)], [bias, None if bias is None else np.abs(bias), None]))
+        with np.errstate(invalid="ignore"):  # |W| (|a| + e) + |b| = |W||a| + |b| + |W| e
+            own = bound_coefficient(n, dtype, u_eff) * (m + carried)
         own = np.where(np.isnan(own), 0.0, own)
         return y, carried + own + n * tiny
     if node.op == "act":
@@ -278,17 +289,22 @@ def backward(graph: ModelGraph, values: Mapping[int, np.ndarray], bounds: Mappin
             w_abs = {k: np.abs(v) for k, v in w.items()}
             dx, dw = reference.vjp(spec, x_c, w, g_c)
             counts = term_counts(spec, g_c.shape)
-            mag_x, _ = reference.vjp(spec, x_c, w_abs, np.abs(g_c) + eps_c)
-            carried_x, _ = reference.vjp(spec, x_c, w_abs, eps_c)
+            c_x, c_k = (_coefficient(counts[k], dtype, u_eff) for k in ("input", "kernel"))
+            # every bound term in one more VJP, by linearity: the input gradient's |W|^T (eps + c (|g| + eps))
+            # from rows whose x is 0, and the kernel's (|x| + e) (x) eps + e (x) |g| + c (|x| + e) (x) (|g| + eps)
+            # summed over the rows of stacked (x, g) pairs
+            x_abs, g_abs = np.abs(x_c) + e_c, np.abs(g_c) + eps_c
             with np.errstate(invalid="ignore"):
-                bx = carried_x + _coefficient(counts["input"], dtype, u_eff) * mag_x + counts["input"] * tiny
-                _, mag_w = reference.vjp(spec, np.abs(x_c) + e_c, w_abs, np.abs(g_c) + eps_c)
-                _, carried_w1 = reference.vjp(spec, np.abs(x_c) + e_c, w_abs, eps_c)
-                _, carried_w2 = reference.vjp(spec, e_c, w_abs, np.abs(g_c))
-                carried_w2.pop("bias", None)  # a bias gradient sums g alone: the input's error does not enter it
-                gb = {name: carried_w1[name] + carried_w2.get(name, 0.0)
-                      + _coefficient(counts[name], dtype, u_eff) * mag_w[name] + counts[name] * tiny
-                      for name in dw}
+                xs = np.concatenate([x_abs, e_c, c_k * x_abs if np.isfinite(c_k) else x_abs * np.inf,
+                                     np.zeros_like(x_c)])
+                gs = np.concatenate([eps_c, np.abs(g_c), g_abs, eps_c + c_x * g_abs])
+                bound_dx, bound_dw = reference.vjp(spec.with_(bias=False), xs, {"kernel": w_abs["kernel"]}, gs)
+            bx = bound_dx[-len(x_c):] + counts["input"] * tiny
+            gb = {"kernel": np.nan_to_num(bound_dw["kernel"], nan=np.inf) + counts["kernel"] * tiny}
+            if "bias" in dw:
+                axes = tuple(range(g_c.ndim - 1))
+                gb["bias"] = eps_c.sum(axis=axes) + _coefficient(counts["bias"], dtype, u_eff) * g_abs.sum(axis=axes) \
+                    + counts["bias"] * tiny
             grads[i], grad_bounds[i] = dw, gb
             send(src, layout_of(node, dx), layout_of(node, bx))
         elif node.op == "act":
