@@ -16,7 +16,7 @@ from layer_conformance.suites.port.check import check_port
 
 TARGETS = ("torch", "keras", "flax.linen", "flax.nnx")
 # examples per port: the thorough profile's count where it is chosen, a quick one otherwise
-EXAMPLES = 200 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 8
+EXAMPLES = 200 if "thorough" in (os.environ.get("CONFORMANCE_PROFILE"), os.environ.get("HYPOTHESIS_PROFILE")) else 8
 
 
 def _source(name: str):
