@@ -43,6 +43,8 @@ def test_correct_port_passes(name: str, target: str) -> None:
     for what, ratio in _judged(result):
         assert ratio is not None and ratio <= 1.0, (what, ratio)  # every comparison judged, none vacuous
     assert all(layer.gradients for layer in result.layers)
+    worst = max(ratio for _, ratio in _judged(result))
+    print(f"{name} -> {target}: {result.examples} examples, worst bound ratio {worst:.3g}")
 
 
 # (model, mistake, layer it is made at, port target, layer it must be found at)

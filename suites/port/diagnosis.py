@@ -15,7 +15,7 @@ import numpy as np
 
 from layer_conformance.adapters.graph import ModelGraph, Node
 from layer_conformance.adapters.spec import SpecError
-from layer_conformance.suites.bounds import DECLARED_ROUNDOFF
+from layer_conformance.suites.bounds import DECLARED_ROUNDOFF, UNIT_ROUNDOFF
 from layer_conformance.suites.port.reference import canonical_of, propagate, segment
 
 # id -> what a reader is told the port is consistent with
@@ -31,8 +31,9 @@ MISTAKES: dict[str, str] = {
     "gelu-approximation": "GELU tanh approximation vs exact erf",
     "tf32": "TF32 matmul/convolution (u_eff 2^-11)",
     "bf16-pass": "a bfloat16 matmul pass (u_eff 2^-8)",
+    "float32-compute": "float32 computation in a float64 model (its layers or activations cast to float32)",
 }
-PRECISION = ("tf32", "bf16-pass")
+PRECISION = ("tf32", "bf16-pass", "float32-compute")
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,11 @@ def hypotheses(graph: ModelGraph, index: int) -> list[Hypothesis]:
             other_form = "gelu_tanh" if op.activation == "gelu" else "gelu"
             changed = _with_node(graph, j, replace(op, activation=other_form))
             out.append(Hypothesis("gelu-approximation", f"{other_form} at {op.name}", changed, index, same))
-    for mode in PRECISION:
-        if graph.dtype in ("float32", "float64"):
+    if graph.dtype == "float32":  # the declared modes a float32 layer may compute in on a GPU
+        for mode in ("tf32", "bf16-pass"):
             out.append(Hypothesis(mode, "", graph, index, same, DECLARED_ROUNDOFF[mode]))
+    if graph.dtype == "float64":
+        out.append(Hypothesis("float32-compute", "", graph, index, same, UNIT_ROUNDOFF["float32"]))
     return out
 
 

@@ -42,29 +42,39 @@ from layer_conformance.suites.bounds import SMALLEST_NORMAL, UNIT_ROUNDOFF, boun
 from layer_conformance.suites.gradients import term_counts
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
+def _erfc(x: np.ndarray) -> np.ndarray:
     try:
-        from scipy.special import erf
-    except ImportError:  # scipy comes with jax; without it, the float64 erf of the standard library
-        return np.vectorize(math.erf, otypes=[np.float64])(x)
-    return erf(x)
+        from scipy.special import erfc
+    except ImportError:  # scipy comes with jax; without it, the float64 erfc of the standard library
+        return np.vectorize(math.erfc, otypes=[np.float64])(x)
+    return erfc(x)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-a), without the cancellation of 1 + tanh(a / 2) for negative a."""
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _phi(a: np.ndarray) -> np.ndarray:
+    """The standard normal CDF through erfc: accurate in the far negative tail, where 1 + erf cancels."""
+    return 0.5 * _erfc(-a / math.sqrt(2.0))
+
+
+def _gelu_tanh_inner(a: np.ndarray) -> np.ndarray:
+    return _SQRT_2_OVER_PI * (a + 0.044715 * a ** 3)
+
+
 def _gelu_tanh(a: np.ndarray) -> np.ndarray:
-    return 0.5 * a * (1.0 + np.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3)))
+    return a * _sigmoid(2.0 * _gelu_tanh_inner(a))  # 0.5 (1 + tanh z) = sigmoid(2 z)
 
 
 def _gelu_tanh_slope(a: np.ndarray) -> np.ndarray:
-    inner = _SQRT_2_OVER_PI * (a + 0.044715 * a ** 3)
-    t = np.tanh(inner)
-    return 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * a * a)
-
-
-def _sigmoid(a: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
+    s = _sigmoid(2.0 * _gelu_tanh_inner(a))
+    return s + a * 2.0 * s * (1.0 - s) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * a * a)
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,7 @@ ULPS = 8.0
 ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation(lambda a: np.maximum(a, 0.0), lambda a: (a > 0).astype(np.float64), 1.0, None, 0.0, 0.0),
     # max |gelu'| = 1.1289 (at x = 2.4), max |gelu''| = 2 phi(0) = 0.7979
-    "gelu": Activation(lambda a: 0.5 * a * (1.0 + _erf(a / math.sqrt(2.0))),
-                       lambda a: 0.5 * (1.0 + _erf(a / math.sqrt(2.0))) + a * np.exp(-0.5 * a * a) / math.sqrt(2 * math.pi),
+    "gelu": Activation(lambda a: a * _phi(a), lambda a: _phi(a) + a * np.exp(-0.5 * a * a) / math.sqrt(2 * math.pi),
                        1.13, 0.80, ULPS, 1.0),
     "gelu_tanh": Activation(_gelu_tanh, _gelu_tanh_slope, 1.13, 0.81, ULPS, 1.0),
     # max |tanh''| = 4 / (3 sqrt 3) = 0.7698
@@ -173,6 +182,7 @@ def forward_node(graph: ModelGraph, index: int, ins: list[np.ndarray], errs: lis
         assert a is not None and e is not None
         act = ACTIVATIONS[str(node.activation)]
         y = act.f(a)
+        u = u if u_eff is None else max(u, u_eff)
         own = act.ulps * u * (np.abs(y) + act.slope * e + act.absolute * (np.abs(a) + e))
         return y, act.slope * e + own + (tiny if act.ulps else 0.0)
     if node.op == "flatten":
