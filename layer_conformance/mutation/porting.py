@@ -31,15 +31,17 @@ def plant(source: ModelGraph, mistake: str, layer: int, *, channels_first: bool)
     """The port of `source` (channels-first or -last) with `mistake` made at layer `layer` (1-based; for
     flatten-order, view-not-permute and gelu-approximation: in the operations leading to that layer)."""
     if mistake == "flatten-order":
+        if not any(n.op == "flatten" and len(source.shapes[n.inputs[0]]) >= 2 for n in source.nodes):
+            raise SpecError("flatten-order needs a model that flattens a tensor with spatial axes")
         if channels_first:
             raise SpecError("flatten-order is a mistake of a port between channels-first and channels-last frameworks")
         return channels_last(source, flatten_fix=False)
     if mistake == "view-not-permute":
+        if not any(n.op == "permute" for n in source.nodes):
+            raise SpecError("view-not-permute needs a model with a permute (or transpose)")
         if channels_first:
             nodes = [Node("reshape", n.name, n.inputs, shape=source.shapes[i]) if n.op == "permute" else n
                      for i, n in enumerate(source.nodes)]
-            if all(a is b for a, b in zip(nodes, source.nodes)):
-                raise SpecError("view-not-permute needs a model with a permute")
             return ModelGraph(nodes, source.framework, source.dtype, source.description)
         return channels_last(source, permute_as_view=True)
     graph = port_graph(source, channels_first)

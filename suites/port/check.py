@@ -467,7 +467,7 @@ class _Runner:
         example = measure.worst if mode == "isolated" else layer.isolated.worst
         given, observed = self._isolated_inputs(layer, example["x"])
         if mode == "isolated":  # a mistake made in this layer's segment: which one?
-            result.verdicts = diagnose(self.source_graph, layer.source_index, given, observed)
+            result.verdicts = diagnose(self.source_graph, layer.source_index, given, observed, result.device)
         if out is not None:
             from layer_conformance.suites.port.counterexample import save
 

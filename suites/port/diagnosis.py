@@ -94,8 +94,9 @@ def _insert_before(graph: ModelGraph, index: int, make: "callable") -> tuple[Mod
     return ModelGraph(nodes, graph.framework, graph.dtype, graph.description), mapping
 
 
-def hypotheses(graph: ModelGraph, index: int) -> list[Hypothesis]:
-    """The catalogued porting mistakes that could have happened in the segment of layer node `index`."""
+def hypotheses(graph: ModelGraph, index: int, device: str = "cpu") -> list[Hypothesis]:
+    """The catalogued porting mistakes that could have happened in the segment of layer node `index`
+    (the precision modes of accelerators only on one: no framework computes float32 in TF32 on a CPU)."""
     out: list[Hypothesis] = []
     node = graph.nodes[index]
     spec, weights = node.spec, dict(node.weights or {})
@@ -150,7 +151,7 @@ def hypotheses(graph: ModelGraph, index: int) -> list[Hypothesis]:
             other_form = "gelu_tanh" if op.activation == "gelu" else "gelu"
             changed = _with_node(graph, j, replace(op, activation=other_form))
             out.append(Hypothesis("gelu-approximation", f"{other_form} at {op.name}", changed, index, same))
-    if graph.dtype == "float32":  # the declared modes a float32 layer may compute in on a GPU
+    if graph.dtype == "float32" and device != "cpu":  # the declared modes a float32 layer may compute in on a GPU
         for mode in ("tf32", "bf16-pass"):
             out.append(Hypothesis(mode, "", graph, index, same, DECLARED_ROUNDOFF[mode]))
     if graph.dtype == "float64":
@@ -183,8 +184,8 @@ def judge(hypothesis: Hypothesis, given: Mapping[int, np.ndarray],
         if seen is None:
             continue
         expected, bound = canonical_of(node, values[at]), canonical_of(node, bounds[at])
-        if expected.shape != seen.shape:
-            return float("inf")
+        if expected.shape != seen.shape or not np.all(np.isfinite(bound)):
+            return float("inf")  # an infinite bound explains anything: such a hypothesis is not judged
         error = np.abs(seen.astype(np.float64) - expected)
         error = np.where(np.isfinite(error), error, np.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -194,10 +195,10 @@ def judge(hypothesis: Hypothesis, given: Mapping[int, np.ndarray],
 
 
 def diagnose(graph: ModelGraph, index: int, given: Mapping[int, np.ndarray],
-             observed: tuple[np.ndarray | None, np.ndarray]) -> list[Verdict]:
+             observed: tuple[np.ndarray | None, np.ndarray], device: str = "cpu") -> list[Verdict]:
     """Every hypothesis's ratio, the best first; one verdict per mistake (its best variant)."""
     best: dict[str, Verdict] = {}
-    for hypothesis in hypotheses(graph, index):
+    for hypothesis in hypotheses(graph, index, device):
         ratio = judge(hypothesis, given, observed)
         if hypothesis.mistake not in best or ratio < best[hypothesis.mistake].ratio:
             best[hypothesis.mistake] = Verdict(hypothesis.mistake, hypothesis.title, ratio)
