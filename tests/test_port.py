@@ -139,3 +139,31 @@ def test_user_inputs_are_checked_first() -> None:
     assert result.examples == 3 and result.status == "passed"
     with pytest.raises(UnsupportedModel, match="input of shape"):
         check_port(model, to="torch", input_shape=graph.input_shape, examples=0, inputs=[np.zeros((2, 5))])
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_port_to_keras_on_another_backend(backend: str) -> None:
+    """Keras 3 on each backend: a correct port passes, and a planted mistake is found there too (Keras picks
+    its backend once per process, so each runs in its own)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys\n"
+        "from port_models import MODELS\n"
+        "from layer_conformance.adapters.models import build_model, read_model\n"
+        "from layer_conformance.mutation.porting import plant\n"
+        "from layer_conformance.suites.port.check import check_port\n"
+        "build, shape = MODELS['lenet']\n"
+        "model = build(0)\n"
+        "good = check_port(model, to='keras', input_shape=shape, examples=4, name='lenet')\n"
+        "graph = read_model(model, input_shape=shape)\n"
+        "bad = check_port(model, build_model(plant(graph, 'flatten-order', 3, channels_first=False), 'keras'),\n"
+        "                 input_shape=shape, examples=4, name='lenet')\n"
+        "print(good.target['keras_backend'], good.status, bad.status, bad.first_failure['layer'],\n"
+        "      bad.verdicts[0].mistake)\n")
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(Path(__file__).parent)}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[-5:] == [backend, "passed", "failed", "3", "flatten-order"], run.stdout
