@@ -696,7 +696,7 @@ def _port_section(report: dict[str, Any]) -> list[str]:
                           f"{md_escape(failure['ratio'])}.", "",
                       f"**Diagnosis:** {md_escape(failure['diagnosis_text'])}."]
             if failure["hypotheses"]:
-                lines += ["", "Porting mistakes tried on this layer, by the bound ratio with the mistake undone:", ""]
+                lines += ["", "Porting mistakes tried on this layer, by the bound ratio of the port against the source with the mistake made:", ""]
                 lines += _table(["Mistake", "Id", "Bound ratio", "Explains it"], [
                     [md_escape(h["title"]) + (" (diagnosis)" if h["diagnosis"] else ""), md_code(h["mistake"]),
                      md_escape(h["ratio"]), md_escape(h["explains"])] for h in failure["hypotheses"]],

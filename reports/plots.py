@@ -372,6 +372,9 @@ def _port_points(entry: dict[str, Any]) -> tuple[dict[str, list[tuple[int, float
     return points, counts
 
 
+PORT_CEILING = 1e8
+
+
 def port_ratio_plot(entry: dict[str, Any], title: str = "") -> bytes | None:
     """The bound ratio of every layer of a model port against its index (log y axis): isolated and propagated
     as lines, the worst parameter gradient as crosses, the bound (ratio 1) dashed and the first failing
@@ -384,6 +387,11 @@ def port_ratio_plot(entry: dict[str, Any], title: str = "") -> bytes | None:
     if not isinstance(entry, dict):
         return None
     points, counts = _port_points(entry)
+    # a wrong port's ratios reach 1e30 and beyond (a reference exactly 0 has a bound of a few subnormals):
+    # drawn at a ceiling, so that the layers around 1 stay readable
+    over = sum(1 for series in points.values() for _, ratio in series if ratio is not None and ratio > PORT_CEILING)
+    points = {name: [(index, None if ratio is None else min(ratio, PORT_CEILING)) for index, ratio in series]
+              for name, series in points.items()}
     every = [ratio for series in points.values() for _, ratio in series if ratio is not None]
     if not every:
         return None
@@ -426,6 +434,8 @@ def port_ratio_plot(entry: dict[str, Any], title: str = "") -> bytes | None:
         notes.append(f"{counts['missing']} not judged (null) not shown")
     if counts["infinite"]:
         notes.append(f"{counts['infinite']} infinite not shown")
+    if over:
+        notes.append(f"{over} above {PORT_CEILING:.0e} drawn at {PORT_CEILING:.0e}")
     _note(ax, notes)
     _legend(fig, [ax])
     if title:

@@ -41,7 +41,7 @@ OPTIONAL_RESULT_KEYS = ("features", "accumulation", "not_judged", "declared_roun
 #   {parameter: bound ratio}, "status"}], "input_gradient" and "output": {"max_bound_ratio", "max_abs_error"},
 #   "first_failure": null or {"layer", "name", "label", "mode" (isolated | propagated | gradient), "ratio" (null
 #   when not finite), "diagnosis": null or {"mistake", "title", "ratio"}, "hypotheses": [{"mistake", "title",
-#   "ratio" (with that porting mistake undone, or null)}], "counterexample" (a path relative to the report's
+#   "ratio" (of the port against the source with that porting mistake made, or null)}], "counterexample" (a path relative to the report's
 #   folder, or null), "repro" (a command, or null)}}. Rendered by reports/port.py.
 
 

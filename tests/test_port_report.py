@@ -171,8 +171,8 @@ def test_hypotheses_sorted_by_ratio_with_missing_last():
 def test_first_failure_view():
     failure = first_failure_view(_failed_port())
     assert failure["layer"] == "3" and failure["mode"] == "isolated" and failure["ratio"] == "2.1e+05"
-    assert failure["diagnosis_text"] == ("consistent with NCHW/NHWC flatten order: bound ratio 0.3 with that "
-                                         "mistake undone")
+    assert failure["diagnosis_text"] == ("consistent with NCHW/NHWC flatten order: bound ratio 0.3 against the "
+                                         "source with that mistake made")
     assert first_failure_view(_passed_port()) is None
     infinite = dict(_failed_port()["first_failure"], ratio=None, diagnosis=None)
     view = first_failure_view({"first_failure": infinite})
@@ -237,7 +237,8 @@ def test_markdown_has_the_first_failure_and_hypotheses(rendered):
     md = rendered["md"]
     assert ("**First failure:** layer 3 `network.1.conv1` (Conv1d 64-\\>128, k=5), isolated, bound ratio "
             "2.1e+05.") in md
-    assert "**Diagnosis:** consistent with NCHW/NHWC flatten order: bound ratio 0.3 with that mistake undone." in md
+    assert ("**Diagnosis:** consistent with NCHW/NHWC flatten order: bound ratio 0.3 against the source with that "
+            "mistake made." in md)
     (hypotheses,) = _md_table(md, "| Mistake | Id |")
     assert hypotheses == [["NCHW/NHWC flatten order (diagnosis)", "`flatten-order`", "0.3", "yes"],
                           ["missing kernel transpose", "`kernel-transpose`", "1e+04", "no"],
