@@ -464,7 +464,14 @@ class _Runner:
         result.first_failure = {"layer": layer.layer, "name": layer.name, "label": layer.label, "mode": mode,
                                 "ratio": measure.ratio if math.isfinite(measure.ratio) else None,
                                 "variant": layer.variant}
-        example = measure.worst if mode == "isolated" else layer.isolated.worst
+        example = measure.worst
+        if mode.startswith("gradient"):
+            if out is not None:
+                from layer_conformance.suites.port.counterexample import save_gradient
+
+                result.counterexample, result.repro = save_gradient(Path(out), self, layer, mode.split()[-1],
+                                                                    example, self.gradient_example(example))
+            return
         given, observed = self._isolated_inputs(layer, example["x"])
         if mode == "isolated":  # a mistake made in this layer's segment: which one?
             result.verdicts = diagnose(self.source_graph, layer.source_index, given, observed, result.device)
@@ -472,6 +479,19 @@ class _Runner:
             from layer_conformance.suites.port.counterexample import save
 
             result.counterexample, result.repro = save(Path(out), self, layer, example, given, observed)
+
+    def gradient_example(self, example: dict) -> dict[str, Any]:
+        """One example's gradients again: the port's input and cotangent, the reference gradients and bounds."""
+        from layer_conformance.suites.strategies import random_array
+
+        x = example["x"]
+        ref_vals, ref_bounds = propagate(self.source_graph, {0: x})
+        last_s = len(self.source_graph.nodes) - 1
+        cotangent = random_array(np.random.default_rng(example["seed"]), ref_vals[last_s].shape, "normal",
+                                 self.source_graph.dtype)
+        _, _, grads, grad_bounds = backward(self.source_graph, ref_vals, ref_bounds, cotangent)
+        port_cotangent = cotangent if self.out_perm is None else np.transpose(cotangent, self.out_perm)
+        return {"x": self._to_target(0, x), "cotangent": port_cotangent, "grads": grads, "bounds": grad_bounds}
 
     def _isolated(self, layer: LayerReport, src_vals: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The port's values at the layer's input and output (canonical layout), its segment run on the

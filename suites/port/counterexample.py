@@ -103,6 +103,33 @@ def save(folder: Path, runner: "_Runner", layer: "LayerReport", example: dict[st
     return str(npz), f"python {script}"
 
 
+def save_gradient(folder: Path, runner: "_Runner", layer: "LayerReport", param: str, example: dict[str, Any],
+                  again: dict[str, Any]) -> tuple[str, str]:
+    """Write the example of a failing parameter gradient: the port's input and cotangent, the reference
+    gradient and its bound; the script runs the whole port forward and backward and compares."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result = runner.result
+    stem = _stem(result.model, result.target["framework"], layer.layer) + f"-d{param}"
+    doc, arrays = graph_to_json(runner.target_graph)
+    meta = {"schema": SCHEMA, "model": result.model, "layer": layer.layer, "label": layer.label, "name": layer.name,
+            "target_index": layer.target_index, "graph": doc, "mode": "gradient", "param": param,
+            "source": result.source, "target": result.target, "message": result.message,
+            "style": example.get("style"), "seed": example.get("data_seed")}
+    arrays.update(x=np.asarray(again["x"]).astype(np.float64), cotangent=np.asarray(again["cotangent"]).astype(np.float64),
+                  reference=again["grads"][layer.source_index][param], bound=again["bounds"][layer.source_index][param],
+                  meta=np.array(json.dumps(meta)))
+    npz = folder / f"{stem}.npz"
+    _write_atomic(npz, lambda handle: np.savez(handle, **arrays), 0o644)
+    script = folder / f"{stem}.py"
+    text = (f'"""Replays the {param} gradient of layer {layer.layer} ({layer.label}) of the port of {result.model} to '
+            f'{result.target["framework"]}: exits 1 while it leaves the derived bound."""\n'
+            "import sys\nfrom pathlib import Path\n\n"
+            "from layer_conformance.suites.port.counterexample import replay\n\n"
+            'sys.exit(replay(Path(__file__).with_suffix(".npz")))\n')
+    _write_atomic(script, lambda handle: handle.write(text.encode()), 0o644)
+    return str(npz), f"python {script}"
+
+
 def replay(path: str | Path) -> int:
     """Run the saved layer segment in the port's framework again; 1 while it leaves the bound, else 0."""
     from layer_conformance.suites.port.execute import Executor
@@ -115,15 +142,22 @@ def replay(path: str | Path) -> int:
             return 2
         graph = graph_from_json(meta["graph"], data)
         index = int(meta["target_index"])
-        given = {int(f): data[f"given{f}"] for f in meta["given"]}
         reference, bound = data["reference"], data["bound"]
-    _, nodes = segment(graph, index)
-    executor = Executor(graph, graph.framework)
-    out = canonical_of(graph.nodes[index], executor.forward(given=given, nodes=nodes)[index])
+        executor = Executor(graph, graph.framework)
+        if meta.get("mode") == "gradient":
+            dtype = executor.np_dtype
+            values = executor.forward(data["x"].astype(dtype))
+            out = executor.backward(values, data["cotangent"].astype(dtype))[1][index][meta["param"]]
+            what = f"d{meta['param']} of layer {meta['layer']}"
+        else:
+            given = {int(f): data[f"given{f}"] for f in meta["given"]}
+            _, nodes = segment(graph, index)
+            out = canonical_of(graph.nodes[index], executor.forward(given=given, nodes=nodes)[index])
+            what = f"layer {meta['layer']}"
     error = np.abs(out.astype(np.float64) - reference)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = float(np.max(np.where(error == 0, 0.0, error / bound))) if error.size else 0.0
-    print(f"layer {meta['layer']} ({meta['label']}) of {meta['model']} in {graph.framework}: max error {error.max():.3g}, "
+    print(f"{what} ({meta['label']}) of {meta['model']} in {graph.framework}: max error {error.max():.3g}, "
           f"bound ratio {ratio:.3g} ({'within' if ratio <= 1 else 'exceeds'} the bound)")
     print(meta.get("message", ""))
     return 0 if ratio <= 1 else 1
