@@ -64,29 +64,38 @@ def load_object(text: str, what: str) -> tuple[Any, str, Any]:
     if spec is None or spec.loader is None:
         raise ValueError(f"{what} {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does: dataclasses (a Flax module) look their module up there
     sys.path.insert(0, str(path.parent.resolve()))
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file: whatever it raises is theirs, said in one line
-        raise ValueError(f"{what} {path}: importing it raised {type(exc).__name__}: {exc}") from None
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: whatever it raises is theirs, said in one line
+            sys.modules.pop(spec.name, None)
+            raise ValueError(f"{what} {path}: importing it raised {type(exc).__name__}: {exc}") from None
+        names = [name] if name else [n for n in DEFAULT_NAMES if hasattr(module, n)]
+        if not names or not hasattr(module, names[0]):
+            raise ValueError(f"{what} {path}: defines no {name or ' / '.join(DEFAULT_NAMES)}; name the model as "
+                             f"{path}:NAME")
+        obj = getattr(module, names[0])
+        if callable(obj) and isinstance(obj, type(load_object)):
+            try:
+                obj = obj()
+            except Exception as exc:  # the user's function: said in one line, as an import error is
+                raise ValueError(f"{what} {path}: calling {names[0]}() raised {type(exc).__name__}: {exc}") from None
     finally:
         sys.path.pop(0)
-    names = [name] if name else [n for n in DEFAULT_NAMES if hasattr(module, n)]
-    if not names or not hasattr(module, names[0]):
-        raise ValueError(f"{what} {path}: defines no {name or ' / '.join(DEFAULT_NAMES)}; name the model as "
-                         f"{path}:NAME")
-    obj = getattr(module, names[0])
-    if callable(obj) and isinstance(obj, type(load_object)):
-        obj = obj()
     return obj, names[0], module
 
 
 def _shape(text: str | None, module: Any) -> tuple[int, ...] | None:
-    if text:
+    if text is not None:
         try:
-            return tuple(int(v) for v in split_csv(text))
+            shape = tuple(int(v) for v in split_csv(text))
         except ValueError:
-            raise ValueError(f"--input-shape {text!r}: expected comma-separated positive ints, e.g. 3,1024") from None
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise ValueError(f"--input-shape {text!r}: expected comma-separated positive ints, e.g. 3,1024")
+        return shape
     shape = getattr(module, "INPUT_SHAPE", None)
     return None if shape is None else tuple(int(v) for v in shape)
 
@@ -121,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         from layer_conformance.suites.port.check import load_inputs
 
         inputs = load_inputs(args.inputs) if args.inputs else []
+        if args.examples == 0 and not inputs:
+            raise ValueError("--examples 0 and no input in --inputs: nothing would be compared; draw examples "
+                             "(--examples N) or pass your own (--inputs)")
         plant = _parse_plant(args.plant) if args.plant else None
         if plant and not targets:
             raise ValueError("--plant makes its mistake in a port made by --to; use it with --to")
@@ -160,6 +172,10 @@ def _run(args: argparse.Namespace, source_obj: Any, name: str, shape: tuple[int,
     except (UnsupportedModel, SpecError) as exc:
         print(f"conformance port: error: {exc}", file=sys.stderr)
         return 2
+    bad = _bad_input(graph, inputs, plant)
+    if bad:
+        print(f"conformance port: error: {bad}", file=sys.stderr)
+        return 2
     results, errors = [], []
     jobs = [(t, None) for t in targets] if targets else [(None, own_target)]
     command = ["conformance", "port", *argv]
@@ -182,8 +198,9 @@ def _run(args: argparse.Namespace, source_obj: Any, name: str, shape: tuple[int,
             errors.append(_error_row(name, graph.framework, label, str(exc)))
             continue
         results.append(result)
-        print(format_port_text(port_entry(result)))
+        # saved before it is shown: an interrupt after a port's table leaves that port in report.json
         write_json_atomic(args.out / "report.json", {**port_report(results, command, errors), "complete": False})
+        print(format_port_text(port_entry(result)))
     report = port_report(results, command, errors)
     write_json_atomic(args.out / "report.json", report)
     md, html = render(report, args.out)
@@ -192,6 +209,17 @@ def _run(args: argparse.Namespace, source_obj: Any, name: str, shape: tuple[int,
     if any(s in ("failed", "error") for s in statuses):
         return 1
     return 3 if any(s == "measured" for s in statuses) else 0
+
+
+def _bad_input(graph: Any, inputs: list, plant: tuple[str, int] | None) -> str | None:
+    """What is wrong with --inputs or --plant's LAYER for this model (whatever the target), or None."""
+    for k, x in enumerate(inputs):
+        if x.ndim != len(graph.input_shape) + 1 or x.shape[1:] != graph.input_shape or x.shape[0] < 1:
+            return (f"--inputs: array {k} has shape {x.shape}; expected (N, {', '.join(map(str, graph.input_shape))})"
+                    f" with N >= 1, in the source's layout")
+    if plant is not None and not 1 <= plant[1] <= len(graph.layers()):
+        return f"--plant {plant[0]}:{plant[1]}: the model has layers 1 to {len(graph.layers())}"
+    return None
 
 
 def _error_row(model: str, source: str, target: str, message: str) -> dict[str, Any]:

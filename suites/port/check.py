@@ -61,7 +61,6 @@ class Measure:
         if not finite.all():
             self.unjudged += 1
         if error.size == 0:
-            self.judged = True
             return 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(error == 0, 0.0, error / np.where(finite, bound, np.inf))
@@ -268,7 +267,8 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
     out_perm = _axes_map(source_graph.shapes[-1], target_graph.shapes[-1], "output")
     result = PortResult(name or source_graph.description or type(source).__name__,
                         {"framework": source_graph.framework, "description": source_graph.description},
-                        {"framework": target_framework, "description": target_graph.description,
+                        {"framework": target_framework,
+                         "description": f"convert_model(..., {to!r})" if to else target_graph.description,
                          "keras_backend": _keras_backend(target_framework)},
                         source_graph.dtype, device, [])
     for number, (i, j) in enumerate(pairs, start=1):
@@ -368,7 +368,7 @@ class _Runner:
     def example(self, x: np.ndarray, *, seed: int, native: Any, style: str = "user", data_seed: int | None = None
                 ) -> None:
         x = np.asarray(x).astype(self.dtype)
-        if x.shape[1:] != self.source_graph.input_shape:
+        if x.ndim == 0 or len(x) == 0 or x.shape[1:] != self.source_graph.input_shape:
             raise UnsupportedModel(f"an input of shape {x.shape} for a model whose input is (N, "
                                    f"{', '.join(map(str, self.source_graph.input_shape))})")
         example = {"x": x, "seed": seed, "style": style, "data_seed": data_seed}

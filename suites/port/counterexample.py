@@ -100,7 +100,7 @@ def save(folder: Path, runner: "_Runner", layer: "LayerReport", example: dict[st
             "from layer_conformance.suites.port.counterexample import replay\n\n"
             'sys.exit(replay(Path(__file__).with_suffix(".npz")))\n')
     _write_atomic(script, lambda handle: handle.write(text.encode()), 0o644)
-    return str(npz), f"python {script}"
+    return str(npz), f"python {script.resolve()}"
 
 
 def save_gradient(folder: Path, runner: "_Runner", layer: "LayerReport", param: str, example: dict[str, Any],
@@ -127,7 +127,7 @@ def save_gradient(folder: Path, runner: "_Runner", layer: "LayerReport", param: 
             "from layer_conformance.suites.port.counterexample import replay\n\n"
             'sys.exit(replay(Path(__file__).with_suffix(".npz")))\n')
     _write_atomic(script, lambda handle: handle.write(text.encode()), 0o644)
-    return str(npz), f"python {script}"
+    return str(npz), f"python {script.resolve()}"
 
 
 def replay(path: str | Path) -> int:

@@ -59,6 +59,11 @@ def port_rows(result: PortResult) -> list[dict[str, Any]]:
     return rows
 
 
+def _layer_status(layer: Any, examples: int) -> str:
+    statuses = {_status(m, examples) for m in layer.measures().values()}
+    return "failed" if "failed" in statuses else "measured" if "measured" in statuses else "passed"
+
+
 def port_entry(result: PortResult) -> dict[str, Any]:
     """The per-layer view of one port (reports/port.py renders it)."""
     failure = dict(result.first_failure) if result.first_failure else None
@@ -76,7 +81,7 @@ def port_entry(result: PortResult) -> dict[str, Any]:
                     "isolated": layer.isolated.as_ratio(), "isolated_error": _finite(layer.isolated.error),
                     "propagated": layer.propagated.as_ratio(), "propagated_error": _finite(layer.propagated.error),
                     "gradient": {name: m.as_ratio() for name, m in layer.gradients.items()},
-                    "status": "failed" if layer.failed else "passed"} for layer in result.layers],
+                    "status": _layer_status(layer, result.examples)} for layer in result.layers],
         "input_gradient": {"max_bound_ratio": result.input_gradient.as_ratio(),
                            "max_abs_error": _finite(result.input_gradient.error)},
         "output": {"max_bound_ratio": result.output.as_ratio(), "max_abs_error": _finite(result.output.error)},
