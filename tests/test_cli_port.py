@@ -402,3 +402,65 @@ def test_interrupted_run_leaves_a_whole_report_marked_incomplete(runs: Runs, tmp
     done = subprocess.run(_command("compare", str(runs.folder / "passed" / "report.json"), str(out / "report.json")),
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 1, _explain(done)
+
+
+# a model file that also breaks one framework the way native bugs do: its layer calls abort the process (or
+# hang) on a batch of 3 or more, in the process of that port only
+BREAKS = '''\
+import os
+import time
+
+import torch
+from torch import nn
+
+from layer_conformance.suites.port import execute
+
+INPUT_SHAPE = (8,)
+_node = execute.Executor.node
+
+
+def _broken(self, index, ins):
+    if self.framework == os.environ.get("BREAK_FRAMEWORK") and self.graph.nodes[index].op == "layer":
+        if len(ins[0]) >= 3:
+            if os.environ.get("BREAK_HOW") == "hang":
+                time.sleep(3600)
+            os.abort()
+    return _node(self, index, ins)
+
+
+execute.Executor.node = _broken
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+'''
+
+
+@pytest.mark.parametrize("how", ["abort", "hang"])
+def test_a_crashing_or_hanging_framework_costs_its_port_only(tmp_path: Path, how: str) -> None:
+    """A port whose framework aborts (or hangs past --timeout) is an error row naming why and the input it was on,
+    with a command that repeats it; the other ports run on, the report is complete, and the exit status is 1."""
+    (tmp_path / "breaks.py").write_text(BREAKS)
+    env = {**_env(), "BREAK_FRAMEWORK": "flax.nnx", "BREAK_HOW": how}
+    done = subprocess.run(_command("port", "breaks.py", "--to", "torch,flax.nnx,flax.linen", "--examples", "6",
+                                   "--batch", "3,4", "--timeout", "60", "--out", "out"),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 1, _explain(done)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["complete"] is True
+    assert [p["target"]["framework"] for p in report["port"]] == ["torch", "flax.linen"]
+    assert all(p["status"] == "passed" for p in report["port"])
+    errors = [row for row in report["results"] if row["status"] == "error"]
+    assert len(errors) == 1 and "flax.nnx" in errors[0]["nodeid"], errors
+    reason = errors[0]["reason"]
+    assert ("SIGABRT" if how == "abort" else "hung") in reason, reason
+    saved = Path("out", "counterexamples", "port-model-flax.nnx-crash.npy")  # the model is breaks.py's `model`
+    assert (tmp_path / saved).exists() and f"--inputs {saved}" in reason, reason
+    assert np.load(tmp_path / saved).shape[1:] == (8,)
+    if how == "abort":  # the command in the reason repeats the crash
+        repeat = shlex.split(reason.split("reproduce: ")[1])
+        assert repeat[:2] == ["conformance", "port"], reason
+        again = subprocess.run(_command(*repeat[1:], "--out", "again"), cwd=tmp_path,
+                               env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert again.returncode == 1 and "SIGABRT" in again.stderr, _explain(again)

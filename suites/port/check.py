@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -234,14 +234,16 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
                source_params: Mapping[str, Any] | None = None, target_params: Mapping[str, Any] | None = None,
                input_shape: Sequence[int] | None = None, examples: int = 50, batch: tuple[int, int] = (1, 4),
                styles: Sequence[str] | None = None, inputs: Iterable[np.ndarray] = (), gradients: bool = True,
-               device: str = "cpu", name: str | None = None, out: str | Path | None = None) -> "PortResult":
+               device: str = "cpu", name: str | None = None, out: str | Path | None = None,
+               on_example: Callable[[np.ndarray, int], None] | None = None) -> "PortResult":
     """Check a port of `source` (a live torch, Keras or Flax model) layer by layer.
 
     target: the ported model; or `to` ("torch", "keras", "flax.linen", "flax.nnx") to port it with
     `convert_model` first. *_params: a Flax linen model's variables. input_shape: one example's shape,
     batch left out, in the source's layout (needed for torch and Flax models). examples: drawn inputs;
     batch: the range of batch sizes; styles: data styles (default: all); inputs: the user's own inputs,
-    checked first. out: a folder for the counterexample and its repro script.
+    checked first. out: a folder for the counterexample and its repro script. on_example(x, number): called
+    before each example runs (`conformance port` keeps it on disk, so that a crash names its input).
 
     Returns a `PortResult` (`.status`, `.message`, per-layer `.layers`); `.raise_for_status()` raises
     PortError unless it passed.
@@ -280,6 +282,7 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
                                          input_comparable=_elementwise_path(source_graph, i)
                                          and _elementwise_path(target_graph, j)))
     runner = _Runner(source_graph, target_graph, pairs, in_perm, out_perm, result, device, gradients)
+    runner.on_example = on_example
     own_inputs = [np.asarray(x) for x in inputs]
     for x in own_inputs:
         runner.example(x, seed=len(own_inputs), native=(target, target_params, run_model))
@@ -353,6 +356,7 @@ class _Runner:
         self.of_target[0] = 0
         self.dtype = numpy_dtype(source.dtype)
         self.native_checked = 0
+        self.on_example: Callable[[np.ndarray, int], None] | None = None
         if gradients:
             for layer in result.layers:
                 node = source.nodes[layer.source_index]
@@ -373,6 +377,8 @@ class _Runner:
                                    f"{', '.join(map(str, self.source_graph.input_shape))})")
         example = {"x": x, "seed": seed, "style": style, "data_seed": data_seed}
         result = self.result
+        if self.on_example is not None:
+            self.on_example(x, result.examples + 1)
         result.examples += 1
         src_vals = self.source.forward(x)
         ref_vals, ref_bounds = propagate(self.source_graph, {0: x})

@@ -94,11 +94,17 @@ def port_entry(result: PortResult) -> dict[str, Any]:
 def port_report(results: Iterable[PortResult], command: list[str] | None = None,
                 errors: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     """A whole report.json for port checks (`errors`: rows of ports that could not be checked at all)."""
+    results = list(results)
+    return assemble_report([port_entry(r) for r in results],
+                           [row for result in results for row in port_rows(result)] + list(errors), command)
+
+
+def assemble_report(entries: list[dict[str, Any]], rows: list[dict[str, Any]],
+                    command: list[str] | None = None, complete: bool = True) -> dict[str, Any]:
+    """report.json from port entries and result rows gathered from several processes."""
     from layer_conformance.reports.recorder import base_environment
 
-    results = list(results)
-    rows = [row for result in results for row in port_rows(result)] + list(errors)
-    return {"schema": SCHEMA, "complete": True,
+    return {"schema": SCHEMA, "complete": complete,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command or [], "environment": base_environment(), "claims": {},
-            "summary": summarize(rows), "results": rows, "port": [port_entry(r) for r in results]}
+            "summary": summarize(rows), "results": rows, "port": entries}
