@@ -14,13 +14,15 @@ from urllib.parse import quote
 
 from . import plots
 from .markdown import (
-    DECLARED_MODES, HALF_PRECISION_BOUNDS, MISSING, STATUS_ICON, accumulation_rows, as_dict, declared_rows, as_list, build_matrix, claim_order,
-    counterexample_of, divergence_rows, environment_rows,
-    format_duration, format_number, relation_of, results_of, skipped_entries, status_icon, status_of,
-    summary_counts, text, variant_label,
+    DECLARED_MODES, HALF_PRECISION_BOUNDS, accumulation_rows, declared_rows, build_matrix, claim_order,
+    counterexample_of, divergence_rows, environment_rows, relation_of, results_of, skipped_entries,
+    summary_counts, variant_label,
 )
 from .messages import headline, rest
 from .port import PORT_INTRO, port_views
+from .views import (
+    MISSING, STATUS_ICON, as_dict, as_list, format_duration, format_number, status_icon, status_of, text,
+)
 from .schema import write_text_atomic
 
 TEMPLATE = "report.html.j2"

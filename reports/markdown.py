@@ -1,4 +1,4 @@
-"""The Markdown summary (report.md) and the view helpers the HTML writer shares with it.
+"""The Markdown summary (report.md) and the views of a report the HTML writer shares with it.
 
 Every value comes from a report.json that anyone may hand over, and any field beyond the basic
 twelve may be missing or malformed, so every read goes through a defensive getter and every
@@ -6,100 +6,23 @@ missing value is shown as "–".
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
 from layer_conformance.reports.messages import headline, rest
+from layer_conformance.reports.port import PORT_INTRO, port_views
 from layer_conformance.reports.schema import write_text_atomic
+from layer_conformance.reports.views import (
+    MISSING, STATUS_ICON, as_dict, as_list, format_number, status_icon, status_of, text, to_float,
+)
 
-MISSING = "–"
-
-STATUS_ICON = {
-    "passed": "✅",
-    "failed": "❌",
-    "skipped": "⏭",
-    "error": "💥",
-    "xfailed": "❎",
-    "measured": "⏱",  # a measurement (speed), not a verdict
-}
 # Worst first: a matrix cell that gathers several results shows the worst of them; a skip only
 # shows when nothing in the cell ran.
 STATUS_SEVERITY = ("error", "failed", "xfailed", "passed", "measured", "skipped")
 STATUS_ORDER = ("passed", "failed", "skipped", "error", "xfailed", "measured")
 DTYPE_ORDER = ("float64", "float32", "float16", "bfloat16")
 CHECK_ORDER = ("forward", "gradient", "depth", "init", "params", "speed")
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-# --------------------------------------------------------------------------- defensive getters
-
-def as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def text(value: Any) -> str:
-    """A display string for any JSON value; None becomes "–"."""
-    if value is None:
-        return MISSING
-    if isinstance(value, str):
-        return value if value else MISSING
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return format_number(value)
-    try:
-        return json.dumps(value, sort_keys=True, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def to_float(value: Any) -> float | None:
-    """A finite-or-infinite float, or None for missing, NaN and non-numbers."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return None if math.isnan(number) else number
-
-
-def format_number(value: Any) -> str:
-    """Short human form: 0.031, 4.2, 1.2e-07; "–" for missing; non-numbers shown as text."""
-    if value is None:
-        return MISSING
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value == 0:
-        return "0"
-    return f"{value:.3g}"
-
-
-def format_duration(value: Any) -> str:
-    seconds = to_float(value)
-    if seconds is None:
-        return MISSING
-    return f"{seconds:.2f} s" if seconds < 100 else f"{seconds:.0f} s"
-
-
-def status_of(result: dict[str, Any]) -> str:
-    status = result.get("status")
-    return status if isinstance(status, str) and status else "unknown"
-
-
-def status_icon(status: str) -> str:
-    return STATUS_ICON.get(status, "❔")
 
 
 def worst_status(statuses: Iterable[str]) -> str:
@@ -661,7 +584,6 @@ def _port_ratio(cell: dict[str, Any]) -> str:
 def _port_section(report: dict[str, Any]) -> list[str]:
     """The model ports (`conformance port`): per port its verdict, the ratio of every layer, and the first
     failing layer with the porting mistakes tried on it; [] for a report without ports."""
-    from layer_conformance.reports.port import PORT_INTRO, port_views
 
     views = port_views(report, with_plots=False)
     if not views:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layer_conformance.reports.markdown import (
+from layer_conformance.reports.views import (
     MISSING, as_dict, as_list, format_number, status_icon, status_of, text, to_float,
 )
 
