@@ -167,3 +167,27 @@ def test_port_to_keras_on_another_backend(backend: str) -> None:
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[-5:] == [backend, "passed", "failed", "3", "flatten-order"], run.stdout
+
+
+def test_dropped_padding_changes_a_length_and_is_diagnosed() -> None:
+    """A port whose convolution lost its padding computes a shorter sequence: the layer's ratio is infinite (no
+    comparison of unequal shapes is ever a pass), and the diagnosis names the dropped padding."""
+    import torch
+    from torch import nn
+
+    class Pooled(nn.Module):
+        def __init__(self, body: nn.Module):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x).mean(2)
+
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Conv1d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv1d(8, 8, 3)).eval()
+    port = nn.Sequential(nn.Conv1d(3, 8, 3), nn.ReLU(), nn.Conv1d(8, 8, 3)).eval()
+    port.load_state_dict(source.state_dict())
+    result = check_port(Pooled(source), Pooled(port), input_shape=(3, 16), examples=4, name="padded")
+    assert result.status == "failed" and result.first_failure["layer"] == 1
+    assert result.first_failure["ratio"] is None  # infinite
+    assert result.verdicts[0].mistake == "padding-dropped" and result.verdicts[0].ratio <= 1.0, result.message

@@ -12,8 +12,8 @@ import numpy as np
 from layer_conformance.adapters.graph import ModelGraph, Node, channels_last
 from layer_conformance.adapters.spec import SpecError
 
-PLANTS = ("kernel-transpose", "kernel-flip", "same-padding-side", "flatten-order", "view-not-permute", "bias-dropped",
-          "tied-copy", "gelu-approximation")
+PLANTS = ("kernel-transpose", "kernel-flip", "same-padding-side", "padding-dropped", "flatten-order",
+          "view-not-permute", "bias-dropped", "tied-copy", "gelu-approximation")
 
 
 def _torch_kernel(kernel: np.ndarray, rank: int) -> np.ndarray:
@@ -75,6 +75,11 @@ def plant(source: ModelGraph, mistake: str, layer: int, *, channels_first: bool)
             raise SpecError(f"same-padding-side: layer {layer} pads both sides alike ({pairs})")
         nodes[index] = replace(node, spec=spec.with_(padding=swapped))
         return ModelGraph(nodes, graph.framework, graph.dtype, graph.description)
+    elif mistake == "padding-dropped":
+        if spec.kind != "conv" or spec.padding == "valid":
+            raise SpecError(f"padding-dropped: layer {layer} has no padding to drop")
+        nodes[index] = replace(node, spec=spec.with_(padding="valid"))
+        return ModelGraph(nodes, graph.framework, graph.dtype, graph.description)  # may refuse: lengths change
     elif mistake == "gelu-approximation":
         for j, other in enumerate(graph.nodes):
             if other.op == "act" and other.activation in ("gelu", "gelu_tanh"):

@@ -55,6 +55,12 @@ class Measure:
     worst: Any = None  # what the worst example needs to be looked at again
 
     def note(self, observed: np.ndarray, expected: np.ndarray, bound: np.ndarray, example: Any) -> float:
+        if np.shape(observed) != np.shape(expected):  # e.g. a stride or padding that changes a length
+            self.judged = True
+            if self.worst is None or self.ratio < math.inf:
+                self.worst = example
+            self.ratio = self.error = math.inf
+            return math.inf
         error = np.abs(np.asarray(observed, dtype=np.float64) - expected)
         error = np.where(np.isfinite(error), error, np.inf)
         finite = np.isfinite(bound)
@@ -169,8 +175,9 @@ class PortResult:
         if best is not None and best.ratio <= 1.0:
             return (f"{head}: consistent with {best.title} (ratio {_number(best.ratio)} under that hypothesis, "
                     f"{ratio} as ported, {failure['mode']})")
-        return (f"{head}: exceeds its bound ({failure['mode']} ratio {ratio}); no catalogued porting mistake "
-                f"explains it" + (f" (closest: {best.title}, ratio {_number(best.ratio)})" if best else ""))
+        closest = f" (closest: {best.title}, ratio {_number(best.ratio)})" if best and math.isfinite(best.ratio) else ""
+        return f"{head}: exceeds its bound ({failure['mode']} ratio {ratio}); no catalogued porting mistake explains it" \
+            + closest
 
     def raise_for_status(self) -> "PortResult":
         """Raise PortError unless the port passed; returns self otherwise."""
@@ -248,6 +255,7 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
     Returns a `PortResult` (`.status`, `.message`, per-layer `.layers`); `.raise_for_status()` raises
     PortError unless it passed.
     """
+    from layer_conformance.adapters import class_name
     from layer_conformance.adapters.models import convert_model, model_framework, read_model, run_model
 
     started = time.perf_counter()
@@ -275,8 +283,6 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
                         source_graph.dtype, device, [])
     for number, (i, j) in enumerate(pairs, start=1):
         node, port_node = source_graph.nodes[i], target_graph.nodes[j]
-        from layer_conformance.adapters import class_name
-
         result.layers.append(LayerReport(number, i, j, node.name, port_node.name, node.label(),
                                          f"{target_framework}.{class_name(target_framework, port_node.spec)}",
                                          input_comparable=_elementwise_path(source_graph, i)
@@ -284,8 +290,8 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
     runner = _Runner(source_graph, target_graph, pairs, in_perm, out_perm, result, device, gradients)
     runner.on_example = on_example
     own_inputs = [np.asarray(x) for x in inputs]
-    for x in own_inputs:
-        runner.example(x, seed=len(own_inputs), native=(target, target_params, run_model))
+    for k, x in enumerate(own_inputs):
+        runner.example(x, seed=k, native=(target, target_params, run_model))
     _draw(runner, examples, batch, styles, (target, target_params, run_model))
     result.framework_seconds = runner.source.framework_seconds + runner.target.framework_seconds
     result.build_seconds = porting + runner.source.build_seconds + runner.target.build_seconds

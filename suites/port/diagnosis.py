@@ -24,6 +24,7 @@ MISTAKES: dict[str, str] = {
     "kernel-flip": "a spatially flipped kernel (convolution vs cross-correlation)",
     "same-padding-side": "padding put on the wrong side ('same' padding's odd extra pad on the low side, or "
                          "causal padding on the high side)",
+    "padding-dropped": "the padding dropped (a 'valid' convolution where the source pads)",
     "flatten-order": "NCHW/NHWC flatten order",
     "view-not-permute": "view/reshape instead of permute",
     "bias-dropped": "the bias dropped",
@@ -127,6 +128,8 @@ def hypotheses(graph: ModelGraph, index: int, device: str = "cpu") -> list[Hypot
         if swapped != pairs:
             layer_variant("same-padding-side", f"padding {swapped} instead of {pairs}",
                           spec=spec.with_(padding=swapped))
+        if any(lo or hi for lo, hi in pairs):
+            layer_variant("padding-dropped", f"no padding instead of {pairs}", spec=spec.with_(padding="valid"))
     if spec.bias and np.any(np.asarray(weights["bias"]) != 0):
         layer_variant("bias-dropped", "", weights={**weights, "bias": np.zeros_like(weights["bias"])})
     for layer_number, other in enumerate(graph.layers(), start=1):
