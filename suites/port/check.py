@@ -272,6 +272,11 @@ def check_port(source: Any, target: Any = None, *, to: str | None = None,
     if target_graph.dtype != source_graph.dtype:
         raise UnsupportedModel(f"the source computes in {source_graph.dtype} and the port in {target_graph.dtype}; "
                                f"check a port in the source's dtype")
+    border = [source_graph.nodes[i] for i in source_graph.layers() if source_graph.nodes[i].spec.padding_mode != "zeros"]
+    if gradients and border:
+        raise UnsupportedModel(f"the gradient check's reference covers zero padding only, and layer {border[0].name!r} "
+                               f"pads with {border[0].spec.padding_mode!r}; check its forward pass alone "
+                               f"(gradients=False, --no-gradients)")
     pairs = match_layers(source_graph, target_graph)
     in_perm = _axes_map(source_graph.input_shape, target_graph.input_shape, "input")
     out_perm = _axes_map(source_graph.shapes[-1], target_graph.shapes[-1], "output")
