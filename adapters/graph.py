@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
 
 from .spec import LayerSpec, SpecError, Weights
 
@@ -346,19 +345,3 @@ def input_layout(graph: ModelGraph, ported: ModelGraph) -> tuple[int, ...] | Non
     if graph.input_shape == ported.input_shape:
         return None
     return to_last(len(graph.input_shape) + 1)
-
-
-def parameters(graph: ModelGraph) -> int:
-    return sum(int(np.asarray(v).size) for i in graph.layers() for v in (graph.nodes[i].weights or {}).values())
-
-
-def describe_graph(graph: ModelGraph) -> list[dict[str, Any]]:
-    """One row per node: what the report and a repro script need to rebuild the graph's structure."""
-    rows = []
-    for i, node in enumerate(graph.nodes):
-        row: dict[str, Any] = {"index": i, "op": node.op, "name": node.name, "inputs": list(node.inputs),
-                               "label": node.label(), "shape": list(graph.shapes[i])}
-        if node.op == "layer":
-            row["channels_first"] = node.channels_first
-        rows.append(row)
-    return rows
