@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-
 from .spec import LayerSpec, SpecError, Weights
 
 OPS = ("input", "layer", "act", "flatten", "reshape", "permute", "pool", "add")
