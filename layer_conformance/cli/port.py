@@ -170,22 +170,15 @@ def _run(args: argparse.Namespace, source_obj: Any, name: str, shape: tuple[int,
          targets: list[str], inputs: list, plant: tuple[str, int] | None, batch: tuple[int, int],
          argv: list[str]) -> int:
     from layer_conformance.adapters.graph import UnsupportedModel
-    from layer_conformance.adapters.models import CHANNELS_FIRST, build_model, read_model
+    from layer_conformance.adapters.models import CHANNELS_FIRST, build_model
     from layer_conformance.reports.port import format_port_text
     from layer_conformance.reports.render import render
     from layer_conformance.reports.schema import write_json_atomic
     from layer_conformance.suites.port.check import check_port
     from layer_conformance.suites.port.record import port_entry, port_report, port_rows
 
-    source, source_params = _split_model(source_obj)
-    try:
-        graph = read_model(source, source_params, input_shape=shape)
-    except (UnsupportedModel, SpecError) as exc:
-        print(f"conformance port: error: {exc}", file=sys.stderr)
-        return 2
-    bad = _bad_input(graph, inputs, plant)
-    if bad:
-        print(f"conformance port: error: {bad}", file=sys.stderr)
+    graph = _source_graph(source_obj, shape, inputs, plant)
+    if graph is None:
         return 2
     results, errors = [], []
     jobs = [(t.partition(":")[0], None) for t in targets] if targets else [(None, own_target)]
@@ -228,6 +221,25 @@ def _run(args: argparse.Namespace, source_obj: Any, name: str, shape: tuple[int,
     if any(s in ("failed", "error") for s in statuses):
         return 1
     return 3 if any(s == "measured" for s in statuses) else 0
+
+
+def _source_graph(source_obj: Any, shape: tuple[int, ...] | None, inputs: list,
+                  plant: tuple[str, int] | None) -> Any:
+    """The source model's graph, or None after one line on stderr naming what is wrong with the input."""
+    from layer_conformance.adapters.graph import UnsupportedModel
+    from layer_conformance.adapters.models import read_model
+
+    source, source_params = _split_model(source_obj)
+    try:
+        graph = read_model(source, source_params, input_shape=shape)
+    except (UnsupportedModel, SpecError) as exc:
+        print(f"conformance port: error: {exc}", file=sys.stderr)
+        return None
+    bad = _bad_input(graph, inputs, plant)
+    if bad:
+        print(f"conformance port: error: {bad}", file=sys.stderr)
+        return None
+    return graph
 
 
 def _bad_input(graph: Any, inputs: list, plant: tuple[str, int] | None) -> str | None:
@@ -289,21 +301,12 @@ def _supervise(args: argparse.Namespace, source_obj: Any, name: str, shape: tupl
     import subprocess
     import tempfile
 
-    from layer_conformance.adapters.graph import UnsupportedModel
-    from layer_conformance.adapters.models import read_model
     from layer_conformance.reports.render import render
     from layer_conformance.reports.schema import write_json_atomic
     from layer_conformance.suites.port.record import assemble_report
 
-    source, source_params = _split_model(source_obj)
-    try:  # bad input is found here, once, before any child starts
-        graph = read_model(source, source_params, input_shape=shape)
-    except (UnsupportedModel, SpecError) as exc:
-        print(f"conformance port: error: {exc}", file=sys.stderr)
-        return 2
-    bad = _bad_input(graph, inputs, plant)
-    if bad:
-        print(f"conformance port: error: {bad}", file=sys.stderr)
+    graph = _source_graph(source_obj, shape, inputs, plant)  # bad input is found here, before any child starts
+    if graph is None:
         return 2
     command = ["conformance", "port", *argv]
     entries: list[dict[str, Any]] = []

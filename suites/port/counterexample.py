@@ -91,16 +91,8 @@ def save(folder: Path, runner: "_Runner", layer: "LayerReport", example: dict[st
     arrays.update(observed=observed[1].astype(np.float64), reference=canonical_of(s_node, values[layer.source_index]),
                   bound=canonical_of(s_node, bounds[layer.source_index]),
                   x=np.asarray(example["x"]).astype(np.float64), meta=np.array(json.dumps(meta)))
-    npz = folder / f"{stem}.npz"
-    _write_atomic(npz, lambda handle: np.savez(handle, **arrays), 0o644)
-    script = folder / f"{stem}.py"
-    text = (f'"""Replays layer {layer.layer} ({layer.label}) of the port of {result.model} to '
-            f'{result.target["framework"]}: exits 1 while its output leaves the derived bound."""\n'
-            "import sys\nfrom pathlib import Path\n\n"
-            "from layer_conformance.suites.port.counterexample import replay\n\n"
-            'sys.exit(replay(Path(__file__).with_suffix(".npz")))\n')
-    _write_atomic(script, lambda handle: handle.write(text.encode()), 0o644)
-    return str(npz), f"python {script.resolve()}"
+    return _write(folder, stem, arrays, f"layer {layer.layer} ({layer.label}) of the port of {result.model} to "
+                                        f"{result.target['framework']}")
 
 
 def save_gradient(folder: Path, runner: "_Runner", layer: "LayerReport", param: str, example: dict[str, Any],
@@ -118,11 +110,16 @@ def save_gradient(folder: Path, runner: "_Runner", layer: "LayerReport", param: 
     arrays.update(x=np.asarray(again["x"]).astype(np.float64), cotangent=np.asarray(again["cotangent"]).astype(np.float64),
                   reference=again["grads"][layer.source_index][param], bound=again["bounds"][layer.source_index][param],
                   meta=np.array(json.dumps(meta)))
+    return _write(folder, stem, arrays, f"the {param} gradient of layer {layer.layer} ({layer.label}) of the port of "
+                                        f"{result.model} to {result.target['framework']}")
+
+
+def _write(folder: Path, stem: str, arrays: dict[str, Any], what: str) -> tuple[str, str]:
+    """The .npz and the script that replays it; returns (npz path, the command that runs the script)."""
     npz = folder / f"{stem}.npz"
     _write_atomic(npz, lambda handle: np.savez(handle, **arrays), 0o644)
     script = folder / f"{stem}.py"
-    text = (f'"""Replays the {param} gradient of layer {layer.layer} ({layer.label}) of the port of {result.model} to '
-            f'{result.target["framework"]}: exits 1 while it leaves the derived bound."""\n'
+    text = (f'"""Replays {what}: exits 1 while it leaves the derived bound."""\n'
             "import sys\nfrom pathlib import Path\n\n"
             "from layer_conformance.suites.port.counterexample import replay\n\n"
             'sys.exit(replay(Path(__file__).with_suffix(".npz")))\n')
